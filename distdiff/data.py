@@ -1,0 +1,258 @@
+"""Datasets: one registry mapping a dataset name to a loader of labelled image splits.
+
+Every loader returns a `LabeledImages` holding samples (an image file path or an in-memory
+uint8 array, a label, a unique stem), the class names and the prompt template used for
+expansion. `load_dataset(name, split)` is the only entry point the scripts use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+DEFAULT_PROMPT = "a photo of a {}."  # SPEC.md, "Pipeline" step 3
+SPLITS = ("train", "val", "test", "pool")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed, or asked for a split it does not have."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: `source` is a file path or an HxWx3 uint8 array."""
+
+    source: str | np.ndarray
+    label: int
+    stem: str  # unique within its class; synthetic files are `<stem>_expand_<i>.png`
+
+
+class LabeledImages(torch.utils.data.Dataset):
+    """A list of labelled images with class names and a prompt template."""
+
+    def __init__(self, samples: list[Sample], classes: list[str], prompt_template: str = DEFAULT_PROMPT,
+                 transform: Callable | None = None, name: str = ""):
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.prompt_template = prompt_template
+        self.transform = transform
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[int]:
+        """Label of every sample, in order."""
+        return [s.label for s in self.samples]
+
+    def load_image(self, index: int) -> Image.Image:
+        """The sample's image as an RGB PIL image, untransformed."""
+        source = self.samples[index].source
+        if isinstance(source, np.ndarray):
+            return Image.fromarray(source).convert("RGB")
+        try:
+            with Image.open(source) as image:
+                return image.convert("RGB")
+        except OSError as err:
+            raise DatasetError(f"cannot read image {source}: {err}. Remove or replace the file.") from err
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.samples[index].label
+
+    def with_transform(self, transform: Callable | None) -> "LabeledImages":
+        """The same samples with another transform."""
+        return LabeledImages(self.samples, self.classes, self.prompt_template, transform, self.name)
+
+    def subset(self, indices) -> "LabeledImages":
+        """The samples at `indices`, same classes, prompt and transform."""
+        return LabeledImages([self.samples[i] for i in indices], self.classes, self.prompt_template,
+                             self.transform, self.name)
+
+    def prompt(self, label: int) -> str:
+        """The text prompt for a class, from the dataset's template."""
+        return self.prompt_template.format(self.classes[label])
+
+    def class_counts(self) -> list[int]:
+        """Number of samples in each class, indexed by label."""
+        return np.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# digits: scikit-learn's bundled 8x8 handwritten digits, the embedded offline default.
+
+DIGITS_SIZE = 32  # 8x8 upscaled so standard conv nets and the tiny SD's VAE can downsample it
+# Per class, after a fixed shuffle: the first 10 images train (few-shot, as issue 2 asks), the
+# next 10 validate, the next 60 test, and the rest (about 100 per class) form the generator pool
+# that only the embedded diffusion model is trained on.
+DIGITS_SPLIT_SIZES = {"train": 10, "val": 10, "test": 60}
+DIGITS_SEED = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits as [N, 32, 32, 3] uint8 images and [N] labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = []
+    for image in bunch.images:
+        gray = Image.fromarray((image * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
+        gray = gray.resize((DIGITS_SIZE, DIGITS_SIZE), Image.BICUBIC)
+        images.append(np.asarray(gray.convert("RGB")))
+    return np.stack(images), bunch.target.astype(np.int64)
+
+
+def digits_split_indices(split: str, seed: int = DIGITS_SEED) -> np.ndarray:
+    """Indices into scikit-learn's digits array for one of the four disjoint splits."""
+    _, labels = _digits_arrays()
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(10):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for name, size in DIGITS_SPLIT_SIZES.items():
+            if name == split:
+                chosen.append(members[start:start + size])
+            start += size
+        if split == "pool":
+            chosen.append(members[start:])
+    return np.sort(np.concatenate(chosen))
+
+
+def load_digits_split(root: str | Path, split: str) -> LabeledImages:
+    """The embedded digits dataset (no files needed; `root` is unused)."""
+    images, labels = _digits_arrays()
+    samples = [Sample(images[i], int(labels[i]), f"digit_{i:04d}") for i in digits_split_indices(split)]
+    return LabeledImages(samples, [str(d) for d in range(10)], "a photo of the digit {}.", name="digits")
+
+
+# ---------------------------------------------------------------------------------------------
+# imagefolder:PATH — any user's dataset as PATH/<split>/<class>/<image>.
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def scan_class_folders(split_dir: Path, classes: list[str] | None = None, *, layout: str,
+                       section: str) -> tuple[list[Sample], list[str]]:
+    """Samples from `split_dir/<class>/<image>`; classes are sorted folder names unless given."""
+    if not split_dir.is_dir():
+        raise DatasetError(f"missing folder {split_dir}. Expected layout: {layout} "
+                           f"(see INSTALL.md, section '{section}').")
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DatasetError(f"{split_dir} has no class folders. Expected layout: {layout} "
+                           f"(see INSTALL.md, section '{section}').")
+    if classes is None:
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DatasetError(f"{split_dir} has class folders {unknown} that the train split does not have; "
+                           f"every split must use the train split's classes (see INSTALL.md, section '{section}').")
+    samples = []
+    for label, name in enumerate(classes):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            continue  # a split may lack a class (e.g. a small test set); the train split defines them
+        files = sorted(p for p in class_dir.iterdir() if not p.name.startswith("."))
+        others = [p.name for p in files if not _is_image(p)]
+        if others:
+            raise DatasetError(f"{class_dir} holds files that are not images ({others[:3]}); image files "
+                               f"must end in one of {IMAGE_EXTENSIONS}. Move the other files out.")
+        stems = {}
+        for path in files:
+            if path.stem in stems:
+                raise DatasetError(f"{path} and {stems[path.stem]} share the stem '{path.stem}'; synthetic "
+                                   f"images are named after it, so rename one of them.")
+            stems[path.stem] = path
+            samples.append(Sample(str(path), label, path.stem))
+    if not samples:
+        raise DatasetError(f"{split_dir} has class folders but no images (see INSTALL.md, section '{section}').")
+    return samples, classes
+
+
+IMAGEFOLDER_LAYOUT = "PATH/train/<class>/<image>, PATH/test/<class>/<image>, optional PATH/val/<class>/<image>"
+
+
+def load_imagefolder(path: str | Path, split: str) -> LabeledImages:
+    """A user's dataset laid out as PATH/{train,val,test}/<class>/<image>."""
+    path = Path(path)
+    if split == "pool":
+        raise DatasetError("imagefolder datasets have no 'pool' split (only digits has one).")
+    if split == "val" and not (path / "val").is_dir():
+        raise DatasetError(f"{path} has no val/ folder; pass --val_fraction to hold out part of train instead.")
+    _, classes = scan_class_folders(path / "train", layout=IMAGEFOLDER_LAYOUT, section="Your own dataset")
+    samples, classes = scan_class_folders(path / split, classes, layout=IMAGEFOLDER_LAYOUT,
+                                          section="Your own dataset")
+    return LabeledImages(samples, classes, DEFAULT_PROMPT, name=f"imagefolder:{path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry. Each loader takes (root, split); paper datasets read `root/<their folder>`.
+
+DATASETS: dict[str, Callable[[Path, str], LabeledImages]] = {
+    "digits": load_digits_split,
+}
+
+
+def dataset_has_split(name: str, split: str, root: str | Path = "data") -> bool:
+    """Whether `load_dataset(name, split)` would find that split (used to pick a validation source)."""
+    try:
+        load_dataset(name, split, root=root)
+    except DatasetError:
+        return False
+    return True
+
+
+def load_dataset(name: str, split: str, *, root: str | Path = "data", transform: Callable | None = None
+                 ) -> LabeledImages:
+    """Load split `split` of dataset `name` ('digits', 'imagefolder:PATH' or a registered name)."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}'; choose one of {SPLITS}.")
+    if name.startswith("imagefolder:"):
+        dataset = load_imagefolder(name.split(":", 1)[1], split)
+    elif name in DATASETS:
+        dataset = DATASETS[name](Path(root), split)
+    else:
+        raise DatasetError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)} or imagefolder:PATH.")
+    dataset.transform = transform
+    logger.info("loaded %s/%s: %d images, %d classes", name, split, len(dataset), len(dataset.classes))
+    return dataset
+
+
+def dataset_slug(name: str) -> str:
+    """A folder-safe name for a dataset ('imagefolder:/x/pets' -> 'pets')."""
+    if name.startswith("imagefolder:"):
+        name = Path(name.split(":", 1)[1].rstrip("/")).name or "imagefolder"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def holdout(dataset: LabeledImages, fraction: float, *, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """Split off `fraction` of each class (at least one image, never a class's last) as validation."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"--val_fraction must be in (0, 1), got {fraction}.")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset.labels)
+    train_idx, val_idx = [], []
+    for label in range(len(dataset.classes)):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = min(max(1, round(fraction * len(members))), len(members) - 1) if len(members) > 1 else 0
+        val_idx.extend(members[:n_val].tolist())
+        train_idx.extend(members[n_val:].tolist())
+    return dataset.subset(sorted(train_idx)), dataset.subset(sorted(val_idx))

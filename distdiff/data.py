@@ -204,6 +204,33 @@ def load_imagefolder(path: str | Path, split: str) -> LabeledImages:
 
 
 # ---------------------------------------------------------------------------------------------
+# Synthetic images written by expand.py: OUT/<class name>/<source stem>_expand_<i>.png.
+
+EXPANDED_LAYOUT = "EXPANDED_DIR/<class name>/<image>.png (what expand.py writes)"
+
+
+def load_expanded(expanded_dir: str | Path, classes: list[str], *, prompt_template: str = DEFAULT_PROMPT
+                  ) -> LabeledImages:
+    """Synthetic images under `expanded_dir/<class>/`, labelled by their folder's index in `classes`."""
+    expanded_dir = Path(expanded_dir)
+    if not expanded_dir.is_dir():
+        raise DatasetError(f"expanded-data folder {expanded_dir} does not exist; run expand.py to create it "
+                           f"or fix the path. Expected layout: {EXPANDED_LAYOUT}.")
+    # Only class subfolders matter: manifest.jsonl and other top-level files are expand.py's bookkeeping.
+    found = sorted(p.name for p in expanded_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise DatasetError(f"{expanded_dir} has class folders {unknown} that the dataset does not have; its "
+                           f"classes are {list(classes)}. Was it expanded from another dataset?")
+    if not found:
+        raise DatasetError(f"{expanded_dir} has no class folders; run expand.py first. "
+                           f"Expected layout: {EXPANDED_LAYOUT}.")
+    samples, _ = scan_class_folders(expanded_dir, list(classes), layout=EXPANDED_LAYOUT,
+                                    section="Synthetic images")
+    return LabeledImages(samples, list(classes), prompt_template, name=f"expanded:{expanded_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
 # The registry. Each loader takes (root, split); paper datasets read `root/<their folder>`.
 
 DATASETS: dict[str, Callable[[Path, str], LabeledImages]] = {

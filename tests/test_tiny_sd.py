@@ -1,0 +1,154 @@
+"""Tests of distdiff/tiny_sd.py: the offline SD-architecture model and its folder format."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from distdiff.tiny_sd import (MODEL_MAX_LENGTH, SCHEDULER_CONFIG, VOCAB_WORDS, build_tiny_sd, build_tokenizer,
+                              default_resolution, load_tiny_sd, save_tiny_sd)
+
+REPO = Path(__file__).resolve().parents[1]
+DIGIT_PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny SD saved once with seed 3, and the in-memory components it was saved from."""
+    path = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    save_tiny_sd(path, seed=3)
+    return path, build_tiny_sd(seed=3)
+
+
+def unet_output(components, seed=0):
+    """UNet noise prediction for fixed latents and a fixed prompt: [1, 4, h, w]."""
+    tokenizer, unet = components["tokenizer"], components["unet"]
+    ids = tokenizer(DIGIT_PROMPTS[3], padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    size = unet.config.sample_size
+    latents = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        text = components["text_encoder"](ids)[0]
+        return unet(latents, 500, encoder_hidden_states=text).sample
+
+
+def test_folder_has_sd_v1_layout(saved):
+    path, _ = saved
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert index["safety_checker"] == [None, None]
+    for weights in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                    "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt"):
+        assert (path / weights).is_file(), weights
+    assert not list(path.parent.glob(".tiny-sd*")), "staging folder left behind"
+
+
+def test_reload_gives_identical_weights_and_outputs(saved):
+    path, original = saved
+    loaded = {
+        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
+        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
+    }
+    for name in ("unet", "vae", "text_encoder"):
+        before, after = original[name].state_dict(), loaded[name].state_dict()
+        assert before.keys() == after.keys()
+        for key in before:
+            assert torch.equal(before[key], after[key]), f"{name}.{key}"
+    assert torch.equal(unet_output(original), unet_output(loaded))
+    assert loaded["tokenizer"](DIGIT_PROMPTS).input_ids == original["tokenizer"](DIGIT_PROMPTS).input_ids
+
+
+def test_scheduler_is_ddim_with_sd_v1_schedule(saved):
+    path, _ = saved
+    scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+    for key, value in SCHEDULER_CONFIG.items():
+        assert scheduler.config[key] == value, key
+    assert scheduler.config.beta_schedule == "scaled_linear" and scheduler.config.steps_offset == 1
+    assert torch.isclose(scheduler.betas[0], torch.tensor(0.00085)) and torch.isclose(scheduler.betas[-1], torch.tensor(0.012))
+
+
+def test_seed_controls_weights(saved):
+    _, original = saved
+    assert torch.equal(unet_output(build_tiny_sd(seed=3)), unet_output(original))
+    assert not torch.allclose(unet_output(build_tiny_sd(seed=4)), unet_output(original))
+
+
+def test_tokenizer_digit_prompts_are_distinct_and_fit():
+    tokenizer = build_tokenizer()
+    ids = [tokenizer(p).input_ids for p in DIGIT_PROMPTS]
+    assert len({tuple(i) for i in ids}) == 10
+    # "<bos> a photo of the digit 3 . <eos>": one token per word, differing only at the digit.
+    assert all(len(i) == 9 for i in ids)
+    assert len({i[6] for i in ids}) == 10 and all(i[:6] == ids[0][:6] for i in ids)
+    assert ids[0][0] == tokenizer.bos_token_id and ids[0][-1] == tokenizer.eos_token_id
+    padded = tokenizer(DIGIT_PROMPTS, padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert tokenizer.model_max_length == MODEL_MAX_LENGTH and all(len(i) == MODEL_MAX_LENGTH for i in padded)
+    assert tokenizer.decode(ids[3], skip_special_tokens=True) == "a photo of the digit 3 ."
+
+
+def test_tokenizer_covers_any_text():
+    tokenizer = build_tokenizer()
+    for word in VOCAB_WORDS:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    text = "zebra crossing, café ☃ 42!"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids).replace(" ", "") == text.replace(" ", "")
+
+
+def test_default_resolution_and_vae_shapes():
+    components = build_tiny_sd()
+    unet, vae = components["unet"], components["vae"]
+    assert default_resolution(unet, vae) == 32
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.sample()
+        decoded = vae.decode(latents).sample
+    assert latents.shape == (2, 4, 16, 16) and latents.shape[-1] == unet.config.sample_size
+    assert decoded.shape == images.shape
+
+
+def test_diffusers_pipelines_load_the_folder(saved):
+    path, _ = saved
+    img2img = StableDiffusionImg2ImgPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+    assert isinstance(img2img.scheduler, DDIMScheduler) and img2img.vae_scale_factor == 2
+    image = torch.rand(2, 3, 32, 32)
+    out = img2img(DIGIT_PROMPTS[:2], image=image, strength=0.5, num_inference_steps=4, guidance_scale=7.5,
+                  output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (2, 32, 32, 3) and 0.0 <= out.min() and out.max() <= 1.0
+    txt2img = StableDiffusionPipeline(**img2img.components)
+    out = txt2img(DIGIT_PROMPTS[:1], num_inference_steps=2, output_type="np").images
+    assert out.shape == (1, 32, 32, 3)  # default size = unet.sample_size * vae scale factor
+
+
+def test_load_tiny_sd_and_missing_folder(saved, tmp_path):
+    path, original = saved
+    assert torch.equal(unet_output(load_tiny_sd(path)), unet_output(original))
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_tiny_sd(tmp_path)
+    with pytest.raises(ValueError, match="unknown tiny SD preset 'huge'"):
+        build_tiny_sd(preset="huge")
+
+
+def test_make_tiny_sd_script_replaces_folder(tmp_path):
+    out = tmp_path / "model"
+    for seed in (0, 1):
+        subprocess.run([sys.executable, str(REPO / "scripts/make_tiny_sd.py"), "--output_dir", str(out),
+                        "--seed", str(seed)], check=True, capture_output=True)
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    expected = build_tiny_sd(seed=1)["unet"].state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in unet.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -283,3 +283,7 @@ def holdout(dataset: LabeledImages, fraction: float, *, seed: int = 0) -> tuple[
         val_idx.extend(members[:n_val].tolist())
         train_idx.extend(members[n_val:].tolist())
     return dataset.subset(sorted(train_idx)), dataset.subset(sorted(val_idx))
+
+
+# Registers the paper datasets into DATASETS; imported last because that module builds on this one.
+from distdiff import datasets_paper  # noqa: E402,F401

@@ -172,8 +172,13 @@ def compute_prototypes(model: torch.nn.Module, dataset, *, k: int = DEFAULT_K, m
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
     num_classes = len(dataset.classes)
     groups, mask = group_prototypes(features, labels, num_classes=num_classes, k=k, method=method, seed=seed)
-    info = {"dataset": getattr(dataset, "name", ""), "class_names": list(dataset.classes),
-            "num_images": len(dataset), "feature_dim": features.shape[1], "k": k, "method": method, "seed": seed}
-    info.update(metadata or {})
+    facts = {"class_names": list(dataset.classes), "num_images": len(dataset), "feature_dim": features.shape[1],
+             "k": k, "method": method, "seed": seed}
+    metadata = dict(metadata or {})
+    conflicts = {key: (metadata[key], value) for key, value in facts.items()
+                 if key in metadata and metadata[key] != value}
+    if conflicts:
+        raise ValueError(f"metadata contradicts what the prototypes were computed with (given, actual): {conflicts}.")
+    info = {"dataset": getattr(dataset, "name", ""), **facts, **metadata}
     logger.info("prototypes: %d classes, %d groups, dim %d", num_classes, int(mask.sum()), features.shape[1])
     return Prototypes(class_prototypes(features, labels, num_classes=num_classes), groups, mask, info)

@@ -158,3 +158,5 @@ def test_compute_prototypes_combines_features_and_metadata():
     assert protos.groups.shape == (2, 3, 5)
     assert protos.metadata == {"dataset": "tiny", "class_names": ["a", "b"], "num_images": 7, "feature_dim": 5,
                                "k": 3, "method": "agglomerative", "seed": 1, "guide_checkpoint": "g.pth.tar"}
+    with pytest.raises(ValueError, match=r"contradicts.*'k': \(2, 3\)"):
+        compute_prototypes(model, dataset, k=3, device="cpu", metadata={"k": 2})

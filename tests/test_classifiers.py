@@ -1,0 +1,113 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from distdiff.classifiers import (ARCHS, CHECKPOINT_NAME, ClassifierError, build_classifier, load_classifier,
+                                  save_checkpoint)
+
+EXPECTED = {"resnet50": ("resnet50", 2048), "resnext50": ("resnext50_32x4d", 2048),
+            "wideresnet50": ("wide_resnet50_2", 2048), "mobilenetv2": ("mobilenetv2_100", 1280),
+            "resnet18": ("resnet18", 512), "smallcnn": (None, 128)}
+
+
+def _info(arch, num_classes):
+    return {"arch": arch, "num_classes": num_classes, "classes": [f"c{i}" for i in range(num_classes)],
+            "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "dataset": "digits", "args": {"seed": 3}}
+
+
+def test_archs_table_names_the_paper_backbones():
+    assert {name: spec.timm_name for name, spec in ARCHS.items()} == {k: v[0] for k, v in EXPECTED.items()}
+
+
+BIG = ("resnet50", "resnext50", "wideresnet50")
+
+
+@pytest.mark.parametrize("arch", sorted(set(EXPECTED) - set(BIG)))
+def test_features_are_pooled_pre_logits(arch):
+    torch.manual_seed(0)
+    model = build_classifier(arch, 5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features, logits = model.features(x), model(x)
+    assert model.num_features == EXPECTED[arch][1]
+    assert features.shape == (2, model.num_features) and logits.shape == (2, 5)
+    head = model.head if arch == "smallcnn" else model.model.get_classifier()
+    torch.testing.assert_close(head(features), logits)  # features sit right before the classifier
+
+
+@pytest.mark.parametrize("arch", BIG)
+def test_big_archs_build_with_the_right_feature_size(arch):
+    # On the meta device: real shapes without the seconds of weight init and convolutions on CPU.
+    with torch.device("meta"):
+        model = build_classifier(arch, 5)
+        x = torch.empty(2, 3, 32, 32)
+        assert model.features(x).shape == (2, EXPECTED[arch][1]) and model(x).shape == (2, 5)
+    assert model.num_features == EXPECTED[arch][1]
+
+
+@pytest.mark.parametrize("arch", ["smallcnn", "resnet18"])
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, arch):
+    torch.manual_seed(0)
+    model = build_classifier(arch, 4)
+    model.train()(torch.randn(8, 3, 32, 32))  # move BatchNorm running stats away from their init
+    model.eval()
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model, _info(arch, 4), epoch=7)
+    loaded, info = load_classifier(tmp_path, "cpu")  # a run folder works as well as the file
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert not loaded.training
+    assert info["classes"] == ["c0", "c1", "c2", "c3"] and info["args"] == {"seed": 3} and info["image_size"] == 32
+
+
+def test_load_classifier_errors_name_the_problem(tmp_path):
+    with pytest.raises(ClassifierError, match=r"no classifier checkpoint at .*missing\.pth\.tar.*train_original\.py"):
+        load_classifier(tmp_path / "missing.pth.tar")
+    (tmp_path / "junk.pth.tar").write_bytes(b"not a checkpoint")
+    with pytest.raises(ClassifierError, match="not a readable checkpoint"):
+        load_classifier(tmp_path / "junk.pth.tar")
+    torch.save({"state_dict": {}, "info": {"arch": "smallcnn"}}, tmp_path / "foreign.pth.tar")
+    with pytest.raises(ClassifierError, match=r"not a DistDiff classifier checkpoint \(missing \['num_classes'"):
+        load_classifier(tmp_path / "foreign.pth.tar")
+
+
+def test_pretrained_weights_from_a_local_file_keep_the_backbone_and_replace_the_head(tmp_path):
+    torch.manual_seed(1)
+    imagenet = timm.create_model("resnet18", num_classes=1000)
+    save_file(imagenet.state_dict(), tmp_path / "model.safetensors")
+    model = build_classifier("resnet18", 7, pretrained=True, pretrained_path=str(tmp_path / "model.safetensors"))
+    assert torch.equal(model.model.layer3[0].conv1.weight, imagenet.layer3[0].conv1.weight)
+    assert model.model.fc.weight.shape == (7, 512)
+
+
+def test_pretrained_weights_are_found_in_the_hugging_face_cache(tmp_path):
+    torch.manual_seed(2)
+    imagenet = timm.create_model("resnet18", num_classes=1000)
+    repo = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    save_file(imagenet.state_dict(), repo / "snapshots" / "abc123" / "model.safetensors")
+    model = build_classifier("resnet18", 3, pretrained=True, hf_cache_dir=str(tmp_path / "hf"),
+                             torch_hub_dir=str(tmp_path / "hub"))
+    assert torch.equal(model.model.conv1.weight, imagenet.conv1.weight)
+
+
+def test_missing_pretrained_weights_say_what_to_download_and_where(tmp_path):
+    with pytest.raises(ClassifierError) as err:
+        build_classifier("resnet50", 3, pretrained=True, hf_cache_dir=str(tmp_path), torch_hub_dir=str(tmp_path))
+    message = str(err.value)
+    assert "https://huggingface.co/timm/resnet50.a1_in1k" in message and "--pretrained_path" in message
+    with pytest.raises(ClassifierError, match="does not exist"):
+        build_classifier("resnet18", 3, pretrained=True, pretrained_path=str(tmp_path / "nope.pth"))
+    (tmp_path / "bad.pth").write_bytes(b"garbage")
+    with pytest.raises(ClassifierError, match="cannot load ImageNet weights for 'resnet18'"):
+        build_classifier("resnet18", 3, pretrained=True, pretrained_path=str(tmp_path / "bad.pth"))
+
+
+def test_bad_arch_and_pretrained_smallcnn_are_rejected():
+    with pytest.raises(ClassifierError, match=r"unknown arch 'vgg'; choose one of \['mobilenetv2'"):
+        build_classifier("vgg", 3)
+    with pytest.raises(ClassifierError, match="'smallcnn' has no ImageNet weights"):
+        build_classifier("smallcnn", 3, pretrained=True)

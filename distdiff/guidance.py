@@ -1,0 +1,230 @@
+"""Hierarchical energy guidance (SPEC.md, "Energy guidance").
+
+One energy, E = gs * D_c + ls * D_g, measured on images decoded from the predicted clean latent,
+drives both variants the way guided-diffusion hands a `cond_fn` to its sampler: the sampler owns
+the DDIM loop and calls an `EnergyGuidance` hook at the guided step(s), giving it a `denoise`
+function (one CFG + DDIM step) and an `image_energy` function (decode + guide + energy).
+
+- transform guidance (the paper's method): learn a per-channel scale and bias of z_t by one
+  gradient step on the energy of `period` look-ahead DDIM steps, then keep z_t inside an
+  L-infinity ball around the unguided latent.
+- direct guidance (ablation): z_{t-1} <- z_{t-1} - rho * grad_{z_t} E at each guided step.
+
+The update is per image: the gradient is taken of the batch *sum* of energies, which equals the
+paper's code (batch size 1, mean over a batch of one) and keeps an image independent of its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+GS = 1.0  # SPEC.md: gs = 1
+LS = 1.0  # SPEC.md: ls = 1
+RHO = 10.0  # SPEC.md: rho = 10
+EPS = 0.2  # SPEC.md: eps = 0.2 (the paper's --constraint_value)
+GUIDANCE_STEP = 20  # SPEC.md: M = 20
+GUIDANCE_PERIOD = 2  # SPEC.md: 2 look-ahead steps (Algorithm 1 shows 1)
+
+# (z_t [B,C,h,w], t) -> (z_{t-1}, predicted x0 latent), one classifier-free-guided DDIM step.
+Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (x0 latents [B,C,h,w], normalize) -> (E scalar, D_c [B], D_g [B]) of the decoded images.
+ImageEnergy = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def energy(features: torch.Tensor, class_protos: torch.Tensor, group_protos: torch.Tensor,
+           group_mask: torch.Tensor, *, gs: float = GS, ls: float = LS, normalize: bool = True
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hierarchical energy of features [B,D] against each image's class [B,D] and groups [B,K,D] (mask [B,K]).
+
+    Returns (E = mean_b(gs * D_c + ls * D_g), D_c [B], D_g [B]) with Euclidean (not squared)
+    distances; the group is the valid one of highest cosine similarity to the features.
+    """
+    features = features.float()
+    if normalize:
+        features = F.normalize(features, dim=1)
+    class_protos, group_protos = class_protos.float(), group_protos.float()
+    if not bool(group_mask.any(dim=1).all()):
+        raise ValueError("every image needs at least one valid group prototype (group_mask has an all-False row).")
+    d_c = torch.linalg.vector_norm(features - class_protos, dim=1)
+    cosine = F.cosine_similarity(features.unsqueeze(1), group_protos, dim=2)  # [B, K]
+    cosine = cosine.masked_fill(~group_mask.bool(), float("-inf"))
+    nearest = cosine.argmax(dim=1)
+    chosen = group_protos[torch.arange(features.shape[0], device=features.device), nearest]
+    d_g = torch.linalg.vector_norm(features - chosen, dim=1)
+    return (gs * d_c + ls * d_g).mean(), d_c, d_g
+
+
+def guide_preprocess(images: torch.Tensor, *, image_size: int, mean: Sequence[float], std: Sequence[float],
+                     raw: bool = False) -> torch.Tensor:
+    """Differentiable guide input from decoded images [B,3,H,W] in [-1,1]: [B,3,S,S].
+
+    Default: [0,1] (clamped as the saved PNG will be), antialiased resize, guide mean/std: the
+    preprocessing the prototypes were built with. `raw=True` is the paper's code: the [-1,1]
+    tensor resized, unclamped and unnormalised.
+    """
+    x = images if raw else ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    if raw:
+        return x
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+class GuideEnergy:
+    """The guide θ with its prototypes: energy of decoded images for given class labels."""
+
+    def __init__(self, model: torch.nn.Module, prototypes, *, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], raw_input: bool = False, gs: float = GS, ls: float = LS):
+        self.model = model.eval().requires_grad_(False)
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.class_protos = prototypes.classes.to(self.device, torch.float32)
+        self.group_protos = prototypes.groups.to(self.device, torch.float32)
+        self.group_mask = prototypes.group_mask.to(self.device, torch.bool)
+        self.image_size, self.mean, self.std, self.raw_input = image_size, list(mean), list(std), raw_input
+        self.gs, self.ls = gs, ls
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, *, normalize: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(E, D_c [B], D_g [B]) of decoded images [B,3,H,W] in [-1,1] with class labels [B]."""
+        x = guide_preprocess(images, image_size=self.image_size, mean=self.mean, std=self.std, raw=self.raw_input)
+        features = self.model.features(x.to(self.device, self.dtype))
+        labels = labels.to(self.device)
+        return energy(features, self.class_protos[labels], self.group_protos[labels], self.group_mask[labels],
+                      gs=self.gs, ls=self.ls, normalize=normalize)
+
+
+def project_linf(latents: torch.Tensor, center: torch.Tensor, eps: float) -> torch.Tensor:
+    """Element-wise clamp of `latents` onto the L-inf ball of radius eps around `center`, exact in their dtype."""
+    projected = torch.minimum(torch.maximum(latents, center - eps), center + eps)
+    # center -/+ eps is rounded, which can land half an ulp outside the ball; step those back in.
+    outside = (projected - center).abs() > eps
+    return torch.where(outside, torch.nextafter(projected, center), projected)
+
+
+def draw_transform(generators: Sequence[torch.Generator], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image initial scale e ~ U(0,1) and bias b ~ N(0,1), each [B, channels, 1, 1] float32 on CPU."""
+    scale = torch.stack([torch.rand(channels, generator=g) for g in generators])
+    bias = torch.stack([torch.randn(channels, generator=g) for g in generators])
+    return scale.view(-1, channels, 1, 1), bias.view(-1, channels, 1, 1)
+
+
+def apply_transform(latents: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(1 + e) * z + b, computed in float32 and returned in the latents' dtype."""
+    return ((1.0 + scale) * latents.float() + bias).to(latents.dtype)
+
+
+def lookahead_energy(latents: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                     timesteps: Sequence[torch.Tensor], *, denoise: Denoise, image_energy: ImageEnergy,
+                     normalize: bool = True) -> torch.Tensor:
+    """Energy of the transformed z_t: sum over `timesteps` look-ahead DDIM steps, divided by their number."""
+    z = apply_transform(latents, scale, bias)
+    total = 0.0
+    for t in timesteps:
+        z, x0 = denoise(z, t)
+        total = total + image_energy(x0, normalize=normalize)[0]
+    return total / len(timesteps)
+
+
+@dataclass
+class TransformStep:
+    """Result of one transform-guidance update; scale/bias tensors are [B, C, 1, 1]."""
+
+    latents: torch.Tensor  # guided z_t, within eps of the input
+    scale: torch.Tensor  # initial e
+    bias: torch.Tensor  # initial b
+    new_scale: torch.Tensor  # e' = e - rho * dE/de
+    new_bias: torch.Tensor  # b' = b - rho * dE/db
+    energy: float  # look-ahead energy at (e, b), mean over the batch
+
+
+def transform_guidance(latents: torch.Tensor, timesteps: Sequence[torch.Tensor], *, denoise: Denoise,
+                       image_energy: ImageEnergy, generators: Sequence[torch.Generator], rho: float = RHO,
+                       eps: float = EPS, normalize: bool = True) -> TransformStep:
+    """One gradient step on a per-channel scale/bias of z_t [B,C,h,w], then projection onto the eps ball."""
+    latents = latents.detach()
+    scale, bias = draw_transform(generators, latents.shape[1])
+    scale = scale.to(latents.device).requires_grad_(True)
+    bias = bias.to(latents.device).requires_grad_(True)
+    with torch.enable_grad():
+        value = lookahead_energy(latents, scale, bias, timesteps, denoise=denoise, image_energy=image_energy,
+                                 normalize=normalize)
+        grad_scale, grad_bias = torch.autograd.grad(value * latents.shape[0], [scale, bias])
+    scale, bias = scale.detach(), bias.detach()
+    new_scale, new_bias = scale - rho * grad_scale, bias - rho * grad_bias
+    guided = project_linf(apply_transform(latents, new_scale, new_bias), latents, eps)
+    return TransformStep(guided, scale, bias, new_scale, new_bias, float(value.detach()))
+
+
+def direct_guidance(latents: torch.Tensor, t: torch.Tensor, *, denoise: Denoise, image_energy: ImageEnergy,
+                    rho: float = RHO) -> torch.Tensor:
+    """One DDIM step from z_t [B,C,h,w] with the energy gradient subtracted: z_{t-1} - rho * grad_{z_t} E."""
+    with torch.enable_grad():
+        z = latents.detach().requires_grad_(True)
+        previous, x0 = denoise(z, t)
+        value = image_energy(x0, normalize=True)[0]  # the paper's code normalises θ(x) here
+        (grad,) = torch.autograd.grad(value * latents.shape[0], [z])
+    return (previous.detach() - rho * grad).to(latents.dtype)
+
+
+@dataclass
+class GuidanceOutput:
+    """What a guidance hook hands back: the (possibly changed) z_t, or z_{t-1} if it took the step itself."""
+
+    latents: torch.Tensor
+    took_step: bool
+
+
+GUIDANCE_METHODS = ("transform", "direct")
+
+
+@dataclass
+class EnergyGuidance:
+    """The sampler's hook: which schedule indices are guided and how (SPEC.md defaults)."""
+
+    method: str = "transform"
+    guidance_step: int = GUIDANCE_STEP
+    period: int = GUIDANCE_PERIOD
+    rho: float = RHO
+    eps: float = EPS
+    normalize_transform: bool = True  # consistent choice; the paper's code does not normalise here
+
+    def __post_init__(self):
+        if self.method not in GUIDANCE_METHODS:
+            raise ValueError(f"unknown guidance method '{self.method}'; choose one of {GUIDANCE_METHODS}.")
+        if not 1 <= self.period <= self.guidance_step:
+            raise ValueError(f"guidance period must be in [1, guidance_step={self.guidance_step}], got {self.period}.")
+
+    def first_index(self, steps: int) -> int:
+        """Schedule index T - M of the (first) guided step."""
+        return steps - self.guidance_step
+
+    def applies_at(self, index: int, steps: int) -> bool:
+        """Whether the hook runs at schedule index `index` of `steps`."""
+        first = self.first_index(steps)
+        last = first if self.method == "transform" else first + self.period - 1
+        return first <= index <= last
+
+    def __call__(self, latents: torch.Tensor, index: int, timesteps: Sequence[torch.Tensor], *,
+                 denoise: Denoise, image_energy: ImageEnergy, generators: Sequence[torch.Generator]
+                 ) -> GuidanceOutput:
+        """Guide z_t at schedule index `index`."""
+        if self.method == "transform":
+            step = transform_guidance(latents, timesteps[index:index + self.period], denoise=denoise,
+                                      image_energy=image_energy, generators=generators, rho=self.rho,
+                                      eps=self.eps, normalize=self.normalize_transform)
+            logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
+            return GuidanceOutput(step.latents, took_step=False)
+        previous = direct_guidance(latents, timesteps[index], denoise=denoise, image_energy=image_energy,
+                                   rho=self.rho)
+        return GuidanceOutput(previous, took_step=True)

@@ -1,0 +1,73 @@
+"""Shared, session-scoped fixtures: a saved tiny SD folder, a tiny guide, its prototypes and checkpoint."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+import pytest
+
+from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
+from distdiff.prototypes import Prototypes
+from distdiff.sampling import load_stable_diffusion
+from distdiff.tiny_sd import save_tiny_sd
+
+NUM_CLASSES = 10  # the digits
+
+# The test models are tiny: intra-op threads buy nothing, and on a busy shared CPU spinning
+# worker threads made one tiny-UNet call ~75x slower (1.9 s vs 25 ms) in our measurements.
+torch.set_num_threads(1)
+FEATURE_DIM = 16
+
+
+class TinyGuide(nn.Module):
+    """A guide with the Classifier interface's `features`: a strided conv, tanh, 2x2 pooling -> [B, 16]."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, FEATURE_DIM // 4, 3, stride=2, padding=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A random tiny SD saved in diffusers' folder format (32 px images, 16x16x4 latents)."""
+    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_dir):
+    """The tiny SD loaded through the same code path as a hub model, fp32 on CPU."""
+    return load_stable_diffusion(str(tiny_sd_dir), device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_guide():
+    return TinyGuide(seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_prototypes():
+    """Random unit prototypes for 10 classes, K=3; the last class has only 2 valid groups."""
+    generator = torch.Generator().manual_seed(1)
+    classes = F.normalize(torch.randn(NUM_CLASSES, FEATURE_DIM, generator=generator), dim=1)
+    groups = F.normalize(torch.randn(NUM_CLASSES, 3, FEATURE_DIM, generator=generator), dim=2)
+    mask = torch.ones(NUM_CLASSES, 3, dtype=torch.bool)
+    mask[-1, -1] = False
+    groups[-1, -1] = 0.0
+    return Prototypes(classes, groups, mask, {"dataset": "test"})
+
+
+@pytest.fixture(scope="session")
+def digits_guide_checkpoint(tmp_path_factory):
+    """An untrained smallcnn guide checkpoint for digits, written the way train_original.py writes one."""
+    torch.manual_seed(0)
+    model = build_classifier("smallcnn", NUM_CLASSES)
+    path = tmp_path_factory.mktemp("guide") / "model_best.pth.tar"
+    info = {"arch": "smallcnn", "num_classes": NUM_CLASSES, "classes": [str(d) for d in range(NUM_CLASSES)],
+            "image_size": 32, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dataset": "digits"}
+    save_checkpoint(path, model, info)
+    return path

@@ -1,0 +1,152 @@
+"""Tests for distdiff.sampling: loading, the img2img loop against diffusers, seeds and batching."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from PIL import Image
+
+from distdiff.data import load_dataset
+from distdiff.guidance import EnergyGuidance, GuideEnergy
+from distdiff.sampling import (ENERGY_KEYS, encode_latent_dist, encode_prompts, generate_batch, image_seed,
+                               image_to_tensor, img2img_start_index, load_stable_diffusion, make_generators,
+                               resolve_dtype)
+
+PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Four digits images [4,3,32,32] in [0,1] and their labels."""
+    dataset = load_dataset("digits", "train")
+    picks = [0, 1, 2, 3]
+    images = torch.stack([torch.from_numpy(np.array(dataset.load_image(i))).permute(2, 0, 1) for i in picks])
+    return images.float() / 255.0, torch.tensor([dataset.samples[i].label for i in picks])
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_sd):
+    return encode_prompts(tiny_sd, PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def guide(tiny_guide, tiny_prototypes):
+    return GuideEnergy(tiny_guide, tiny_prototypes, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_start_index_follows_diffusers_get_timesteps():
+    assert img2img_start_index(50, 0.5) == 25
+    assert img2img_start_index(50, 1.0) == 0
+    assert img2img_start_index(50, 0.3) == 35
+    assert img2img_start_index(10, 0.25) == 8  # int(2.5) = 2 denoising steps
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            img2img_start_index(50, bad)
+
+
+def test_loading_from_a_folder_gives_the_default_resolution(tiny_sd, tmp_path):
+    assert tiny_sd.default_resolution == 32  # unet sample_size 16 x VAE factor 2
+    assert tiny_sd.dtype == torch.float32
+    with pytest.raises(OSError, match="--model"):
+        load_stable_diffusion(str(tmp_path / "no-such-model"))
+
+
+def test_half_precision_is_replaced_by_fp32_on_cpu(caplog):
+    with caplog.at_level(logging.INFO, logger="distdiff.sampling"):
+        assert resolve_dtype("fp16", "cpu") == torch.float32
+    assert "fp32 instead of fp16" in caplog.text
+    assert resolve_dtype("bf16", "cuda") == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_dtype("fp8", "cpu")
+
+
+def test_source_crop_keeps_the_centre_or_squashes():
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)
+    pixels[:, 15:] = 255  # white only in the right quarter
+    image = Image.fromarray(pixels)
+    center = image_to_tensor(image, resolution=10, crop="center")
+    assert center.shape == (3, 10, 10)
+    assert torch.allclose(center, torch.full_like(center, -1.0))  # columns 5..14 are all black
+    squashed = image_to_tensor(image, resolution=10, crop="resize")
+    assert squashed[:, :, -1].min() > 0.9 and squashed[:, :, 0].max() < -0.9
+
+
+def test_image_seeds_are_stable_and_distinct():
+    seed = image_seed(42, "cat", "img_001", 3)
+    assert seed == image_seed(42, "cat", "img_001", 3)
+    assert 0 <= seed < 2 ** 63
+    others = {image_seed(42, "cat", "img_001", 4), image_seed(43, "cat", "img_001", 3),
+              image_seed(42, "dog", "img_001", 3), image_seed(42, "cat", "img_002", 3)}
+    assert seed not in others and len(others) == 4
+
+
+def test_unguided_loop_reproduces_diffusers_img2img_pipeline(tiny_sd, digits, prompts):
+    """Same components, inputs and per-image generators: equal up to float rounding (batched vs
+    per-image VAE encoding), so the tolerance is 1e-4 on [0,1] pixels."""
+    images, labels = digits[0][:2], digits[1][:2]
+    pipe = StableDiffusionImg2ImgPipeline(vae=tiny_sd.vae, text_encoder=tiny_sd.text_encoder,
+                                          tokenizer=tiny_sd.tokenizer, unet=tiny_sd.unet, scheduler=tiny_sd.scheduler,
+                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt=[PROMPTS[int(c)] for c in labels], image=images, strength=0.5, num_inference_steps=10,
+                    guidance_scale=7.5, generator=make_generators([5, 6]), output_type="pt").images
+    params = encode_latent_dist(tiny_sd, images * 2 - 1)
+    ours = generate_batch(tiny_sd, params, labels, [5, 6], prompts=prompts, strength=0.5, steps=10,
+                          guidance_scale=7.5).images
+    assert ours.shape == expected.shape == (2, 3, 32, 32)
+    assert (ours - expected).abs().max().item() < 1e-4
+    other_seeds = generate_batch(tiny_sd, params, labels, [7, 8], prompts=prompts, strength=0.5, steps=10,
+                                 guidance_scale=7.5).images
+    assert (other_seeds - expected).abs().max().item() > 1e-2
+
+
+def test_batch_size_does_not_change_guided_images(tiny_sd, digits, prompts, guide):
+    images, labels = digits
+    params = encode_latent_dist(tiny_sd, images * 2 - 1)
+    seeds = [10, 11, 12, 13]
+    kwargs = {"prompts": prompts, "strength": 0.5, "steps": 6, "guide": guide,
+              "guidance": EnergyGuidance(method="transform", guidance_step=3, period=2)}
+    together = generate_batch(tiny_sd, params, labels, seeds, **kwargs)
+    for i in range(4):
+        alone = generate_batch(tiny_sd, params[i:i + 1], labels[i:i + 1], seeds[i:i + 1], **kwargs)
+        assert (alone.images[0] - together.images[i]).abs().max().item() < 1e-5
+        for key in ENERGY_KEYS:
+            assert alone.energies[key][0] == pytest.approx(together.energies[key][i], abs=1e-5)
+
+
+def test_energies_are_recorded_before_and_after_guidance(tiny_sd, digits, prompts, guide):
+    images, labels = digits[0][:2], digits[1][:2]
+    params = encode_latent_dist(tiny_sd, images * 2 - 1)
+    common = {"prompts": prompts, "strength": 0.5, "steps": 6}
+    plain = generate_batch(tiny_sd, params, labels, [1, 2], guide=guide, **common)
+    assert sorted(plain.energies) == ["D_c_final", "D_g_final"]
+    assert generate_batch(tiny_sd, params, labels, [1, 2], **common).energies == {}
+    for method in ("transform", "direct"):
+        guided = generate_batch(tiny_sd, params, labels, [1, 2], guide=guide,
+                                guidance=EnergyGuidance(method=method, guidance_step=3, period=2, rho=10.0), **common)
+        assert sorted(guided.energies) == sorted(ENERGY_KEYS)
+        assert all(len(v) == 2 and all(x > 0 for x in v) for v in guided.energies.values())
+        assert guided.energies["D_c_before"] != guided.energies["D_c_after"]
+        # before guidance the batch is still the unguided trajectory
+        assert not torch.allclose(guided.images, plain.images)
+
+
+def test_direct_guidance_with_rho_zero_reproduces_unguided_images(tiny_sd, digits, prompts, guide):
+    images, labels = digits[0][:2], digits[1][:2]
+    params = encode_latent_dist(tiny_sd, images * 2 - 1)
+    common = {"prompts": prompts, "strength": 0.5, "steps": 6, "guide": guide}
+    plain = generate_batch(tiny_sd, params, labels, [1, 2], **common)
+    zero = generate_batch(tiny_sd, params, labels, [1, 2], guidance=EnergyGuidance(method="direct", guidance_step=3,
+                                                                                   period=2, rho=0.0), **common)
+    assert torch.equal(zero.images, plain.images)
+
+
+def test_guided_step_must_lie_inside_the_img2img_window(tiny_sd, digits, prompts, guide):
+    params = encode_latent_dist(tiny_sd, digits[0][:1] * 2 - 1)
+    with pytest.raises(ValueError, match="lower --guidance_step or raise --strength"):
+        generate_batch(tiny_sd, params, digits[1][:1], [0], prompts=prompts, strength=0.5, steps=10, guide=guide,
+                       guidance=EnergyGuidance(guidance_step=6, period=2))
+    with pytest.raises(ValueError, match="one label and one seed per latent"):
+        generate_batch(tiny_sd, params, digits[1][:1], [0, 1], prompts=prompts)

@@ -1,0 +1,266 @@
+"""Expansion runs: the work list, sharding, resume, the manifest and atomic outputs (SPEC.md step 3).
+
+Layout of an output folder OUT:
+- OUT/<class>/<source stem>_expand_<i>.png   synthetic images, each written atomically
+- OUT/manifest.jsonl                          one JSON line per finished image (MANIFEST_KEYS)
+- OUT/prototypes.pt                           the guide's prototypes and what they came from
+- OUT/expand_config.json                      the parameters every image in OUT was made with
+
+An image is finished when its PNG exists and the manifest has its line; the PNG is written
+first, so a crash between the two leaves an image that the next run regenerates identically
+(its seed does not depend on the run). Shards split the *source images*, so all copies of a
+source stay in one shard and shards never write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from filelock import FileLock
+from PIL import Image
+from tqdm import tqdm
+
+from distdiff.data import LabeledImages
+from distdiff.guidance import EnergyGuidance, GuideEnergy
+from distdiff.latent_cache import LatentCache
+from distdiff.prototypes import Prototypes
+from distdiff.sampling import ENERGY_KEYS, PromptEmbeddings, StableDiffusion, generate_batch, image_seed
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+PROTOTYPES = "prototypes.pt"
+RUN_CONFIG = "expand_config.json"
+LOCK = ".expand.lock"
+# Every manifest line has exactly these keys; D_* are null when no guide measured them.
+MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + ENERGY_KEYS
+
+
+class ExpansionError(ValueError):
+    """An output folder or request that an expansion run cannot honour."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One synthetic image to make: copy `copy` of dataset sample `source_index`."""
+
+    source_index: int
+    label: int
+    class_name: str
+    stem: str
+    copy: int
+    seed: int
+
+    @property
+    def image(self) -> str:
+        """Path relative to the output folder."""
+        return f"{self.class_name}/{self.stem}_expand_{self.copy}.png"
+
+
+def select_sources(dataset: LabeledImages, max_source_images: int | None = None) -> list[int]:
+    """All sample indices, or the first N taken round-robin over classes so a small run covers every class."""
+    if max_source_images is None:
+        return list(range(len(dataset)))
+    rank, seen = [], {}
+    for i, label in enumerate(dataset.labels):
+        rank.append((seen.get(label, 0), label, i))
+        seen[label] = seen.get(label, 0) + 1
+    return sorted(i for _, _, i in sorted(rank)[:max_source_images])
+
+
+def global_shard(split: int, total_split: int, process_index: int = 0, num_processes: int = 1) -> tuple[int, int]:
+    """(shard, number of shards): each --split job is divided again among its accelerate processes."""
+    if not 0 <= split < total_split:
+        raise ExpansionError(f"--split must be in [0, --total_split={total_split}), got {split}.")
+    return split * num_processes + process_index, total_split * num_processes
+
+
+def shard_sources(sources: Sequence[int], *, shard: int, num_shards: int) -> list[int]:
+    """Every num_shards-th source starting at `shard`: shards are disjoint and cover all sources."""
+    return list(sources[shard::num_shards])
+
+
+def work_items(dataset: LabeledImages, sources: Sequence[int], *, num_copies: int, seed: int) -> list[WorkItem]:
+    """The images to make for `sources`, source-major; each seed hashes (seed, class, stem, copy)."""
+    items = []
+    for index in sources:
+        sample = dataset.samples[index]
+        name = dataset.classes[sample.label]
+        for copy in range(num_copies):
+            items.append(WorkItem(index, sample.label, name, sample.stem, copy,
+                                  image_seed(seed, name, sample.stem, copy)))
+    return items
+
+
+def source_name(dataset: LabeledImages, index: int) -> str:
+    """A source image's file path, or '<dataset>:<stem>' for in-memory images."""
+    source = dataset.samples[index].source
+    return source if isinstance(source, str) else f"{dataset.name}:{dataset.samples[index].stem}"
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Manifest records by image path; a truncated last line (a crash mid-write) is ignored with a warning."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    records = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                logger.warning("%s: ignoring a truncated last line; its image will be regenerated", path)
+                continue
+            raise ExpansionError(f"{path} line {number} is not valid JSON ({err}); fix or delete that line.") from err
+        records[record["image"]] = record
+    return records
+
+
+def append_manifest(path: Path, records: Sequence[dict]) -> None:
+    """Append JSON lines under a lock (several shards share one manifest), flushed to disk."""
+    if not records:
+        return
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        with open(path, "a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # finish a line a crashed writer left open
+                    text = "\n" + text
+            handle.write(text.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def save_png_atomic(image: torch.Tensor, path: Path) -> None:
+    """Write an image [3,H,W] in [0,1] as an 8-bit PNG (rounded as diffusers does), atomically."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json_atomic(data: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _differences(stored: dict, wanted: dict) -> dict:
+    return {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+
+
+def ensure_run_config(out_dir: Path, config: dict) -> None:
+    """Record the generation parameters in OUT, or check that a resumed run uses the same ones."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RUN_CONFIG
+    config = json.loads(json.dumps(config))  # the JSON view (tuples become lists) is what is compared
+    with FileLock(str(out_dir / LOCK)):
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            diff = _differences(stored, config)
+            if diff:
+                raise ExpansionError(f"{out_dir} holds images made with other parameters ({path}); stored vs "
+                                     f"requested: {diff}. Use another --output_dir or the same parameters.")
+            return
+        _write_json_atomic(config, path)
+
+
+def load_or_compute_prototypes(out_dir: Path, metadata: dict, compute: Callable[[dict], Prototypes]) -> Prototypes:
+    """OUT/prototypes.pt if its metadata matches, else compute (once, under a lock shared by all --split jobs)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / PROTOTYPES
+    metadata = json.loads(json.dumps(metadata))
+    with FileLock(str(out_dir / LOCK)):
+        if path.is_file():
+            prototypes = Prototypes.load(path)
+            diff = _differences(prototypes.metadata, metadata)
+            if diff:
+                raise ExpansionError(f"{path} was computed from something else; stored vs requested: {diff}. "
+                                     f"Use another --output_dir, or delete {path} if OUT holds no images yet.")
+            logger.info("reusing prototypes from %s", path)
+            return prototypes
+        prototypes = compute(metadata)
+        prototypes.save(path)
+        logger.info("saved prototypes to %s", path)
+        return prototypes
+
+
+def shared_prototypes(state, out_dir: Path, metadata: dict, compute: Callable[[dict], Prototypes]) -> Prototypes:
+    """Prototypes for every process of an accelerate launch: the main process computes, the others load."""
+    prototypes = None
+    if state.is_main_process:
+        prototypes = load_or_compute_prototypes(out_dir, metadata, compute)
+    state.wait_for_everyone()
+    if prototypes is None:
+        prototypes = load_or_compute_prototypes(out_dir, metadata, compute)
+    return prototypes
+
+
+def pending(out_dir: Path, items: Sequence[WorkItem]) -> list[WorkItem]:
+    """Items not yet finished (no PNG, or no manifest line)."""
+    done = read_manifest(out_dir / MANIFEST)
+    return [it for it in items if not (it.image in done and (out_dir / it.image).is_file())]
+
+
+def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
+                  prompts: PromptEmbeddings, cache: LatentCache, params: dict, strength: float, steps: int,
+                  guidance_scale: float, guidance: EnergyGuidance | None, guide: GuideEnergy | None,
+                  batch_size: int, record_energy: bool = True, progress: bool = True) -> int:
+    """Make every unfinished item, batch by batch; returns how many images were written."""
+    out_dir = Path(out_dir)
+    todo = pending(out_dir, items)
+    logger.info("%d of %d images to make (%d already done)", len(todo), len(items), len(items) - len(todo))
+    cache.ensure(dataset, sorted({it.source_index for it in todo}), batch_size=batch_size, progress=progress)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img", disable=not progress)
+    for begin in range(0, len(todo), batch_size):
+        batch = todo[begin:begin + batch_size]
+        result = generate_batch(
+            sd, cache.get(dataset, [it.source_index for it in batch]),
+            torch.tensor([it.label for it in batch]), [it.seed for it in batch], prompts=prompts,
+            strength=strength, steps=steps, guidance_scale=guidance_scale, guidance=guidance, guide=guide,
+            record_energy=record_energy)
+        records = []
+        for k, it in enumerate(batch):
+            save_png_atomic(result.images[k], out_dir / it.image)
+            record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
+                      "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
+            record.update({key: (result.energies[key][k] if key in result.energies else None) for key in ENERGY_KEYS})
+            records.append(record)
+        append_manifest(out_dir / MANIFEST, records)
+        bar.update(len(batch))
+    bar.close()
+    return len(todo)
+
+
+def summarize_manifest(path: Path) -> dict[str, float]:
+    """Mean of each D_* over the manifest's images that have it, and the number of images."""
+    records = list(read_manifest(path).values())
+    summary = {"images": float(len(records))}
+    for key in ENERGY_KEYS:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            summary[key] = float(np.mean(values))
+    return summary

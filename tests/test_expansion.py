@@ -1,0 +1,224 @@
+"""Tests for distdiff.expansion, distdiff.latent_cache and the expand.py command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import expand
+from distdiff import expansion
+from distdiff.data import LabeledImages, Sample, load_dataset, load_expanded
+from distdiff.expansion import (MANIFEST, MANIFEST_KEYS, ExpansionError, WorkItem, append_manifest,
+                                ensure_run_config, global_shard, load_or_compute_prototypes, pending, read_manifest,
+                                select_sources, shard_sources, work_items)
+from distdiff.latent_cache import LatentCache
+from distdiff.prototypes import Prototypes
+
+# ---------------------------------------------------------------------------------------------
+# Work list and shards
+
+
+def tiny_dataset(arrays, labels, classes=("a", "b")):
+    samples = [Sample(array, label, f"img{i}") for i, (array, label) in enumerate(zip(arrays, labels))]
+    return LabeledImages(samples, list(classes), name="tiny")
+
+
+def test_shards_partition_the_sources_and_keep_copies_together():
+    dataset = tiny_dataset([np.zeros((4, 4, 3), np.uint8)] * 11, [i % 2 for i in range(11)])
+    sources = select_sources(dataset)
+    shards = []
+    for split in range(3):
+        for process in range(2):
+            shard, count = global_shard(split, 3, process, 2)
+            assert count == 6
+            shards.append(work_items(dataset, shard_sources(sources, shard=shard, num_shards=count), num_copies=3,
+                                     seed=0))
+    images = [item.image for shard in shards for item in shard]
+    assert len(images) == len(set(images)) == 11 * 3
+    assert set(images) == {it.image for it in work_items(dataset, sources, num_copies=3, seed=0)}
+    for shard in shards:
+        sources_here = {it.source_index for it in shard}
+        assert all(sum(it.source_index == s for it in shard) == 3 for s in sources_here)
+    assert sorted(global_shard(s, 3, p, 2)[0] for s in range(3) for p in range(2)) == list(range(6))
+    with pytest.raises(ExpansionError, match="--split must be in"):
+        global_shard(3, 3)
+
+
+def test_seeds_depend_on_the_image_not_the_work_list():
+    dataset = tiny_dataset([np.zeros((4, 4, 3), np.uint8)] * 4, [0, 1, 0, 1])
+    full = {it.image: it.seed for it in work_items(dataset, [0, 1, 2, 3], num_copies=2, seed=5)}
+    part = {it.image: it.seed for it in work_items(dataset, [3, 1], num_copies=2, seed=5)}
+    assert all(full[k] == v for k, v in part.items())
+    assert len(set(full.values())) == 8
+    assert work_items(dataset, [2], num_copies=1, seed=5)[0].image == "a/img2_expand_0.png"
+
+
+def test_max_source_images_covers_every_class_first():
+    train = load_dataset("digits", "train")
+    chosen = select_sources(train, 10)
+    assert sorted(train.samples[i].label for i in chosen) == list(range(10))
+    assert len(select_sources(train, 25)) == 25
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest, run config, prototypes
+
+
+def record(image):
+    return {key: None for key in MANIFEST_KEYS} | {"image": image}
+
+
+def test_manifest_tolerates_only_a_truncated_last_line(tmp_path):
+    path = tmp_path / MANIFEST
+    append_manifest(path, [record("a/x_expand_0.png")])
+    with open(path, "a") as handle:
+        handle.write('{"image": "a/x_exp')  # a crash mid-write
+    assert list(read_manifest(path)) == ["a/x_expand_0.png"]
+    append_manifest(path, [record("a/x_expand_1.png")])  # starts a fresh line after the fragment
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1])["image"] == "a/x_expand_1.png"
+    with open(path, "a") as handle:
+        handle.write("{}\n")
+    with pytest.raises(ExpansionError, match="line 2 is not valid JSON"):
+        read_manifest(path)
+
+
+def test_an_image_without_its_manifest_line_is_pending(tmp_path):
+    items = [WorkItem(0, 0, "a", "x", c, c) for c in range(2)]
+    for item in items:
+        (tmp_path / item.image).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / item.image).write_bytes(b"png")
+    append_manifest(tmp_path / MANIFEST, [record(items[0].image)])
+    assert pending(tmp_path, items) == [items[1]]
+
+
+def test_run_config_refuses_other_parameters(tmp_path):
+    ensure_run_config(tmp_path, {"strength": 0.5, "rho": 10.0})
+    ensure_run_config(tmp_path, {"strength": 0.5, "rho": 10.0})
+    with pytest.raises(ExpansionError, match=r"'rho': \(10.0, 1.0\)"):
+        ensure_run_config(tmp_path, {"strength": 0.5, "rho": 1.0})
+
+
+def test_prototypes_are_computed_once_and_checked(tmp_path, tiny_prototypes):
+    calls = []
+
+    def compute(metadata):
+        calls.append(metadata)
+        return Prototypes(tiny_prototypes.classes, tiny_prototypes.groups, tiny_prototypes.group_mask, metadata)
+
+    first = load_or_compute_prototypes(tmp_path, {"k": 3, "dataset": "digits"}, compute)
+    again = load_or_compute_prototypes(tmp_path, {"k": 3, "dataset": "digits"}, compute)
+    assert len(calls) == 1
+    assert torch.equal(first.groups, again.groups) and again.metadata["k"] == 3
+    with pytest.raises(ExpansionError, match=r"'k': \(3, 4\)"):
+        load_or_compute_prototypes(tmp_path, {"k": 4, "dataset": "digits"}, compute)
+
+
+def test_latent_cache_encodes_once_and_notices_changed_sources(tmp_path, tiny_sd):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    dataset = tiny_dataset(arrays, [0, 1, 0])
+    cache = LatentCache(tmp_path, tiny_sd, model="tiny", resolution=32, crop="center", precision="float32")
+    cache.ensure(dataset, [0, 1, 2], batch_size=2, progress=False)
+    params = cache.get(dataset, [2, 0])
+    assert params.shape == (2, 8, 16, 16)
+    stamps = [cache.path(dataset, i).stat().st_mtime_ns for i in range(3)]
+    cache.ensure(dataset, [0, 1, 2], batch_size=2, progress=False)
+    assert [cache.path(dataset, i).stat().st_mtime_ns for i in range(3)] == stamps
+    changed = tiny_dataset([arrays[0], arrays[1], 255 - arrays[2]], [0, 1, 0])
+    assert not torch.equal(cache.get(changed, [2])[0], params[0])
+    other = LatentCache(tmp_path, tiny_sd, model="tiny", resolution=32, crop="resize", precision="float32")
+    assert other.dir != cache.dir
+
+
+# ---------------------------------------------------------------------------------------------
+# expand.py end to end on digits with the tiny SD and an untrained small guide
+
+
+@pytest.fixture
+def cli(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
+    def argv(out, *extra):
+        return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+                "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "3",
+                "--num_images_per_prompt", "2", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
+                "--batch_size", "4", *extra]
+    return argv
+
+
+def test_cli_expands_digits_resumes_and_shards(tmp_path, cli):
+    out = tmp_path / "out"
+    result = expand.main(expand.parse_args(cli(out)))
+    assert result["written"] == 6
+    lines = (out / MANIFEST).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 6
+    for rec in records:
+        assert sorted(rec) == sorted(MANIFEST_KEYS)
+        assert (out / rec["image"]).is_file()
+        assert rec["image"] == f"{rec['class']}/{rec['source'].split(':')[1]}_expand_{rec['copy']}.png"
+        assert rec["params"]["guidance"] == "transform" and rec["params"]["rho"] == 10.0
+        assert all(isinstance(rec[k], float) and rec[k] > 0 for k in MANIFEST_KEYS if k.startswith("D_"))
+    synthetic = load_expanded(out, [str(d) for d in range(10)])
+    assert len(synthetic) == 6 and len(set(synthetic.labels)) == 3
+    saved = Prototypes.load(out / "prototypes.pt")
+    assert saved.metadata["k"] == 3 and saved.metadata["method"] == "kmeans" and saved.groups.shape[:2] == (10, 3)
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    again = expand.main(expand.parse_args(cli(out)))
+    assert again["written"] == 0
+    assert len((out / MANIFEST).read_text().splitlines()) == 6
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+
+    sharded = tmp_path / "sharded"
+    written, prototype_stamps = [], []
+    for split in (0, 1):
+        argv = cli(sharded, "--total_split", "2", "--split", str(split), "--batch_size", "1")
+        written.append(expand.main(expand.parse_args(argv))["written"])
+        prototype_stamps.append((sharded / "prototypes.pt").stat().st_mtime_ns)
+    assert sorted(written) == [2, 4]
+    assert prototype_stamps[0] == prototype_stamps[1]  # the second split loaded, not recomputed, them
+    assert sorted(p.relative_to(sharded) for p in sharded.rglob("*.png")) == sorted(p.relative_to(out) for p in stamps)
+    # Same seeds, other batches: equal up to float rounding, which can flip a pixel's 8-bit rounding.
+    for png in stamps:
+        ours = np.asarray(Image.open(png), dtype=np.int16)
+        theirs = np.asarray(Image.open(sharded / png.relative_to(out)), dtype=np.int16)
+        assert np.abs(ours - theirs).max() <= 1
+    seeds = {r["image"]: r["seed"] for r in read_manifest(sharded / MANIFEST).values()}
+    assert seeds == {r["image"]: r["seed"] for r in records}
+
+
+def test_cli_refuses_a_resume_with_other_parameters(tmp_path, cli):
+    out = tmp_path / "out"
+    expand.main(expand.parse_args(cli(out, "--guidance", "none", "--max_source_images", "1",
+                                      "--num_images_per_prompt", "1")))
+    records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert records[0]["D_c_before"] is None and records[0]["D_c_final"] > 0
+    with pytest.raises(SystemExit, match="holds images made with other parameters"):
+        expand.main(expand.parse_args(cli(out, "--max_source_images", "1", "--num_images_per_prompt", "1")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strength", "0"], r"--strength must be in \(0, 1\]"),
+    (["--strength", "1.5"], r"--strength must be in \(0, 1\]"),
+    (["--guidance_step", "5"], r"--guidance_step must be in \[1, --steps=4\]"),
+    (["--guidance_step", "3"], "use --guidance_step <= 2"),
+    (["--guidance_period", "3"], "--guidance_period .3. cannot exceed"),
+    (["--split", "2", "--total_split", "2"], r"--split must be in \[0, --total_split=2\)"),
+    (["--K", "0"], "--K must be at least 1"),
+    (["--constraint_value", "0"], "--constraint_value must be positive"),
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+])
+def test_cli_rejects_invalid_flags(tmp_path, cli, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        expand.main(expand.parse_args(cli(tmp_path / "out", *extra)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_the_command_that_trains_a_missing_guide(tmp_path, monkeypatch, tiny_sd_dir):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="python train_original.py digits smallcnn 0.1 False 0"):
+        expand.main(expand.parse_args(["-d", "digits", "--model", str(tiny_sd_dir)]))
+    with pytest.raises(SystemExit, match="python scripts/train_tiny_sd.py"):
+        expand.main(expand.parse_args(["-d", "digits"]))

@@ -80,8 +80,12 @@ def from_components(components: dict, *, device: torch.device | str = "cpu", pre
     scheduler = components["scheduler"]
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
-    models = [components[name].to(device, dtype).eval().requires_grad_(False)
-              for name in ("unet", "vae", "text_encoder")]
+    models = []
+    for name in ("unet", "vae", "text_encoder"):
+        model = components[name].to(device)
+        if model.dtype != dtype:  # casting with to(dtype) makes diffusers warn, so only when needed
+            model = model.to(dtype=dtype)
+        models.append(model.eval().requires_grad_(False))
     if gradient_checkpointing:  # only acts where gradients flow: the guidance backward
         models[0].enable_gradient_checkpointing()
         models[1].enable_gradient_checkpointing()
@@ -91,18 +95,20 @@ def from_components(components: dict, *, device: torch.device | str = "cpu", pre
 def load_stable_diffusion(model: str, *, device: torch.device | str = "cpu", precision: str = PRECISION,
                           gradient_checkpointing: bool = False) -> StableDiffusion:
     """Load SD components from a hub id or a local diffusers folder (same code path for both)."""
+    dtype = resolve_dtype(precision, device)
     try:
         components = {
-            "unet": UNet2DConditionModel.from_pretrained(model, subfolder="unet"),
-            "vae": AutoencoderKL.from_pretrained(model, subfolder="vae"),
-            "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder"),
+            "unet": UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
+            "vae": AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
+            "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype),
             "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
             "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler"),
         }
     except (OSError, ValueError) as err:
         raise OSError(f"--model '{model}' is neither a diffusers folder (model_index.json, unet/, vae/, "
                       f"text_encoder/, tokenizer/, scheduler/) nor a loadable hub id: {err}") from err
-    return from_components(components, device=device, precision=precision,
+    effective = next(name for name, value in PRECISIONS.items() if value == dtype)  # logged once, above
+    return from_components(components, device=device, precision=effective,
                            gradient_checkpointing=gradient_checkpointing)
 
 

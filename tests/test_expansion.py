@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 import expand
-from distdiff import expansion
 from distdiff.data import LabeledImages, Sample, load_dataset, load_expanded
 from distdiff.expansion import (MANIFEST, MANIFEST_KEYS, ExpansionError, WorkItem, append_manifest,
                                 ensure_run_config, global_shard, load_or_compute_prototypes, pending, read_manifest,

@@ -1,0 +1,223 @@
+"""One expansion job as expand.py runs it: flags, per-dataset defaults, validation, guide, the run.
+
+The mechanisms (work list, shards, manifest, resume, atomic files) live in distdiff.expansion;
+this module turns expand.py's arguments into one call of `expansion.run_expansion` for the
+shard of this process (`--split` of `--total_split` jobs, each divided among accelerate processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from accelerate import PartialState
+
+from distdiff import expansion
+from distdiff.augment import eval_transform
+from distdiff.classifiers import ClassifierError, load_classifier
+from distdiff.data import DatasetError, dataset_slug, load_dataset
+from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, EnergyGuidance, GuideEnergy
+from distdiff.latent_cache import LatentCache
+from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
+from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, STEPS, STRENGTH,
+                               encode_prompts, img2img_start_index, load_stable_diffusion)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"  # SPEC.md: SD v1.4
+MODELS = {"digits": "checkpoint/tiny-sd-digits"}  # offline embedded model (scripts/train_tiny_sd.py)
+GUIDE_ARCHS = {"digits": "smallcnn"}  # SPEC.md: the guide is ResNet-50; 32 px digits use the small CNN
+DEFAULT_GUIDE_ARCH = "resnet50"
+GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",
+            "transform_guidance": "transform", "direct_guidance": "direct"}  # the paper's --guidance_type values
+EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd"}
+# The paper's --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
+OPTIMIZE_TARGETS = {"global_prototype-local_prototype": (True, True), "global_prototype": (True, False),
+                    "local_prototype": (False, True)}
+NUM_IMAGES_PER_PROMPT = 5  # SPEC.md: 5x expansion
+SEED = 42  # the paper's generate_data.py default
+BATCH_SIZE = 1  # the paper's expand_diff.sh (--train_batch_size 1); raise it on a large GPU
+FEATURE_BATCH_SIZE = 64  # images per guide forward when computing prototypes
+
+
+def add_expand_arguments(p: argparse.ArgumentParser) -> None:
+    """expand.py's flags (the paper's names as aliases) with SPEC.md defaults."""
+    p.add_argument("-d", "--dataset", required=True, help="digits, imagefolder:PATH or a registered dataset")
+    p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", default=None,
+                   help=f"SD hub id or local diffusers folder (default: {MODELS} else {DEFAULT_MODEL})")
+    p.add_argument("-a", "--guide_arch", "--arch", dest="guide_arch", default=None,
+                   help=f"guide architecture (default: {GUIDE_ARCHS} else {DEFAULT_GUIDE_ARCH})")
+    p.add_argument("--guide_checkpoint", "--encoder_weight_path", dest="guide_checkpoint", default=None,
+                   help="guide model_best.pth.tar (default: checkpoint/<dataset>/<arch>_unpretrained_lr0.1/"
+                        "seed1/model_best.pth.tar, what train_original.py writes)")
+    p.add_argument("--output_dir", default=None, help="default: expanded/<dataset>/<distdiff|sd|...>_<N>x")
+    p.add_argument("--num_images_per_prompt", type=int, default=NUM_IMAGES_PER_PROMPT, help="copies per image")
+    p.add_argument("--strength", type=float, default=STRENGTH, help="img2img strength in (0, 1]")
+    p.add_argument("--steps", type=int, default=STEPS, help="DDIM steps T")
+    p.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance")
+    p.add_argument("--guidance_step", type=int, default=GUIDANCE_STEP, help="M: guide at schedule index T-M")
+    p.add_argument("--guidance_period", type=int, default=GUIDANCE_PERIOD, help="look-ahead / guided steps")
+    p.add_argument("--rho", type=float, default=RHO, help="guidance learning rate")
+    p.add_argument("--constraint_value", type=float, default=EPS, help="L-inf radius eps around z_t")
+    p.add_argument("--K", type=int, default=DEFAULT_K, help="group prototypes per class")
+    p.add_argument("--cluster", choices=sorted(CLUSTERING_METHODS), default="kmeans",
+                   help="grouping (SPEC.md: k-means; the paper's code: agglomerative)")
+    p.add_argument("--gs", type=float, default=GS, help="weight of the class energy D_c")
+    p.add_argument("--ls", type=float, default=LS, help="weight of the group energy D_g")
+    p.add_argument("--optimize_targets", choices=sorted(OPTIMIZE_TARGETS), default="global_prototype-local_prototype",
+                   help="prototype levels in the energy (the paper's flag; one level sets the other weight to 0)")
+    p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default="transform",
+                   help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
+    p.add_argument("--no_transform_feature_norm", action="store_true",
+                   help="as the paper's code: do not L2-normalise the guide features inside transform guidance")
+    p.add_argument("--raw_guide_input", action="store_true",
+                   help="as the paper's code: feed the decoded [-1,1] image to the guide without the "
+                        "prototypes' [0,1] + mean/std preprocessing")
+    p.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=BATCH_SIZE,
+                   help="images per sampling batch (sources and copies mixed)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default=PRECISION, help="fp32 is forced on CPU")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="less memory for the guidance backward")
+    p.add_argument("--seed", type=int, default=SEED, help="run seed; each image's seed hashes it with its name")
+    p.add_argument("--split", type=int, default=0, help="which of --total_split independent jobs this is")
+    p.add_argument("--total_split", type=int, default=1, help="number of independent jobs (e.g. one per GPU)")
+    p.add_argument("--max_source_images", type=int, default=None, help="expand only N source images (smoke runs)")
+    p.add_argument("--data_root", default="data", help="folder holding the datasets")
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's (512 for SD v1.4)")
+    p.add_argument("--crop", choices=sorted(SOURCE_CROPS), default="center", help="source image to a square")
+    p.add_argument("--cache_dir", default=None, help="VAE latent cache (default: <data_root>/latent_cache)")
+    p.add_argument("--no_energy_log", action="store_true", help="skip measuring D_c/D_g for the manifest (faster)")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Reject flag values that cannot work, naming the flag and the fix."""
+    positive = ("num_images_per_prompt", "steps", "batch_size", "total_split", "K", "guidance_period")
+    for flag in positive:
+        if getattr(args, flag) < 1:
+            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    if not 0.0 < args.strength <= 1.0:
+        raise expansion.ExpansionError(f"--strength must be in (0, 1], got {args.strength}.")
+    if not 1 <= args.guidance_step <= args.steps:
+        raise expansion.ExpansionError(f"--guidance_step must be in [1, --steps={args.steps}], got {args.guidance_step}.")
+    if args.guidance_period > args.guidance_step:
+        raise expansion.ExpansionError(f"--guidance_period ({args.guidance_period}) cannot exceed --guidance_step "
+                                       f"({args.guidance_step}): the look-ahead would run past the last step.")
+    start = img2img_start_index(args.steps, args.strength)
+    if GUIDANCE[args.guidance] != "none" and args.steps - args.guidance_step < start:
+        raise expansion.ExpansionError(
+            f"--guidance_step {args.guidance_step} guides schedule index {args.steps - args.guidance_step}, before the "
+            f"first img2img step {start} of --strength {args.strength}; use --guidance_step <= {args.steps - start}.")
+    if not 0 <= args.split < args.total_split:
+        raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
+    for flag in ("rho", "gs", "ls", "guidance_scale"):
+        if getattr(args, flag) < 0:
+            raise expansion.ExpansionError(f"--{flag} must be 0 or more, got {getattr(args, flag)}.")
+    if args.constraint_value <= 0:
+        raise expansion.ExpansionError(f"--constraint_value must be positive, got {args.constraint_value}.")
+    if args.max_source_images is not None and args.max_source_images < 1:
+        raise expansion.ExpansionError(f"--max_source_images must be at least 1, got {args.max_source_images}.")
+    if args.resolution is not None and args.resolution < 8:
+        raise expansion.ExpansionError(f"--resolution must be at least 8 pixels, got {args.resolution}.")
+
+
+def resolve_paths(args: argparse.Namespace) -> None:
+    """Fill the per-dataset defaults of --model, -a, --guide_checkpoint, --output_dir and --cache_dir."""
+    slug = dataset_slug(args.dataset)
+    guidance = GUIDANCE[args.guidance]
+    if args.model is None:
+        args.model = MODELS.get(args.dataset, DEFAULT_MODEL)
+        if args.dataset in MODELS and not Path(args.model).is_dir():
+            raise expansion.ExpansionError(f"the default model for {args.dataset}, {args.model}, does not exist; "
+                                           f"train it with `python scripts/train_tiny_sd.py --output_dir {args.model}` "
+                                           f"or pass --model.")
+    args.guide_arch = args.guide_arch or GUIDE_ARCHS.get(args.dataset, DEFAULT_GUIDE_ARCH)
+    args.guide_given = args.guide_checkpoint is not None
+    if args.guide_checkpoint is None:
+        args.guide_checkpoint = str(Path("checkpoint") / slug / f"{args.guide_arch}_unpretrained_lr0.1" / "seed1"
+                                    / "model_best.pth.tar")
+    if not Path(args.guide_checkpoint).is_file() and (guidance != "none" or args.guide_given):
+        raise expansion.ExpansionError(
+            f"guide checkpoint {args.guide_checkpoint} not found. Train the guide with `python train_original.py "
+            f"{args.dataset} {args.guide_arch} 0.1 False 0` (writes checkpoint/{slug}/{args.guide_arch}_unpretrained_"
+            f"lr0.1/seed1/model_best.pth.tar) or pass --guide_checkpoint.")
+    args.output_dir = args.output_dir or str(Path("expanded") / slug /
+                                             f"{EXPERIMENT_NAMES[guidance]}_{args.num_images_per_prompt}x")
+    args.cache_dir = args.cache_dir or str(Path(args.data_root) / "latent_cache")
+
+
+def load_guide(args, train, state, device):
+    """The guide with its prototypes (computed once into OUT), or None for --guidance none without a guide."""
+    if not Path(args.guide_checkpoint).is_file():
+        logger.info("no guide checkpoint at %s: plain SD run, D_c/D_g not recorded", args.guide_checkpoint)
+        return None
+    model, info = load_classifier(args.guide_checkpoint, device)
+    if list(info["classes"]) != list(train.classes):
+        raise expansion.ExpansionError(f"guide {args.guide_checkpoint} was trained on classes {info['classes'][:5]}... "
+                                       f"of {info['dataset']}, not on {args.dataset}'s; pass its own guide.")
+    stat = Path(args.guide_checkpoint).stat()
+    metadata = {"dataset": args.dataset, "split": "train", "guide_checkpoint": str(Path(args.guide_checkpoint).resolve()),
+                "guide_file": f"{stat.st_size}:{stat.st_mtime_ns}", "k": args.K, "method": args.cluster, "seed": args.seed,
+                "image_size": info["image_size"], "mean": list(info["mean"]), "std": list(info["std"])}
+
+    def compute(metadata):
+        data = train.with_transform(eval_transform(info["image_size"], info["mean"], info["std"]))
+        return compute_prototypes(model, data, k=args.K, method=args.cluster, seed=args.seed,
+                                  batch_size=FEATURE_BATCH_SIZE, device=device, metadata=metadata)
+
+    prototypes = expansion.shared_prototypes(state, Path(args.output_dir), metadata, compute)
+    use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
+    return GuideEnergy(model, prototypes.to(device), image_size=info["image_size"], mean=info["mean"],
+                       std=info["std"], raw_input=args.raw_guide_input, gs=args.gs if use_dc else 0.0,
+                       ls=args.ls if use_dg else 0.0)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
+    validate(args)
+    resolve_paths(args)
+    state = PartialState()
+    device = state.device
+    guidance_method = GUIDANCE[args.guidance]
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
+                               gradient_checkpointing=args.gradient_checkpointing)
+    resolution = args.resolution or sd.default_resolution
+    if resolution % sd.vae_scale_factor:
+        raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
+                                       f"{sd.vae_scale_factor}.")
+    guide = load_guide(args, train, state, device)
+    guidance = None if guidance_method == "none" else EnergyGuidance(
+        method=guidance_method, guidance_step=args.guidance_step, period=args.guidance_period, rho=args.rho,
+        eps=args.constraint_value, normalize_transform=not args.no_transform_feature_norm)
+    params = {"dataset": args.dataset, "model": args.model, "resolution": resolution, "crop": args.crop,
+              "dtype": str(sd.dtype).removeprefix("torch."), "strength": args.strength, "steps": args.steps,
+              "guidance_scale": args.guidance_scale, "guidance": guidance_method, "guidance_step": args.guidance_step,
+              "guidance_period": args.guidance_period, "rho": args.rho, "constraint_value": args.constraint_value,
+              "K": args.K, "cluster": args.cluster, "gs": args.gs, "ls": args.ls,
+              "optimize_targets": args.optimize_targets, "transform_feature_norm": not args.no_transform_feature_norm,
+              "raw_guide_input": args.raw_guide_input, "seed": args.seed,
+              "guide_checkpoint": str(Path(args.guide_checkpoint).resolve()) if guide is not None else None}
+    out = Path(args.output_dir)
+    expansion.ensure_run_config(out, params)
+
+    shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
+    sources = expansion.shard_sources(expansion.select_sources(train, args.max_source_images), shard=shard,
+                                      num_shards=num_shards)
+    items = expansion.work_items(train, sources, num_copies=args.num_images_per_prompt, seed=args.seed)
+    cache = LatentCache(args.cache_dir, sd, model=args.model, resolution=resolution, crop=args.crop,
+                        precision=params["dtype"])
+    prompts = encode_prompts(sd, [train.prompt(c) for c in range(len(train.classes))])
+    begin = time.perf_counter()
+    written = expansion.run_expansion(
+        sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, strength=args.strength,
+        steps=args.steps, guidance_scale=args.guidance_scale, guidance=guidance, guide=guide,
+        batch_size=args.batch_size, record_energy=not args.no_energy_log, progress=state.is_local_main_process)
+    seconds = time.perf_counter() - begin
+    state.wait_for_everyone()
+    return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
+            "seconds": seconds, "summary": expansion.summarize_manifest(out / expansion.MANIFEST)}
+
+
+# User mistakes expand.py reports as one line instead of a traceback.
+EXPAND_ERRORS = (expansion.ExpansionError, DatasetError, ClassifierError, OSError)

@@ -71,7 +71,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 class SmallCNN(Classifier):
     """A VGG-style CNN for tiny (32 px) images: three conv stages, global average pool, linear."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128)):
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64)):
         super().__init__()
         layers, c_in = [], 3
         for width in widths:

@@ -8,7 +8,7 @@ from distdiff.classifiers import (ARCHS, CHECKPOINT_NAME, ClassifierError, build
 
 EXPECTED = {"resnet50": ("resnet50", 2048), "resnext50": ("resnext50_32x4d", 2048),
             "wideresnet50": ("wide_resnet50_2", 2048), "mobilenetv2": ("mobilenetv2_100", 1280),
-            "resnet18": ("resnet18", 512), "smallcnn": (None, 128)}
+            "resnet18": ("resnet18", 512), "smallcnn": (None, 64)}
 
 
 def _info(arch, num_classes):

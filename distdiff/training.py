@@ -1,0 +1,223 @@
+"""The classifier training loop: SGD + cosine schedule, evaluation every epoch, resumable.
+
+Accelerate places the model and batches on the device, runs mixed precision and shards batches
+over several GPUs (`accelerate launch`); nothing here names a device. The paper's metric is the
+best test accuracy over epochs; with a validation set the loop also reports the test accuracy at
+the epoch of best validation accuracy, the honest model-selection figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from distdiff.augment import batch_transform
+from distdiff.classifiers import CHECKPOINT_NAME, atomic_save, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+LAST_STATE_NAME = "last_state.pth.tar"
+LOG_NAME = "log.txt"
+
+
+class TrainingError(ValueError):
+    """Training cannot start or resume as asked (e.g. a saved state from different settings)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run."""
+
+    epochs: int = 100  # SPEC.md: 100 epochs
+    batch_size: int = 64  # SPEC.md: batch 64
+    lr: float = 0.1  # SPEC.md: lr 0.1, cosine schedule
+    momentum: float = 0.9  # SPEC.md: SGD momentum 0.9, Nesterov
+    nesterov: bool = True
+    weight_decay: float = 1e-4  # SPEC.md: weight decay 1e-4
+    seed: int = 1  # the paper averages seeds 1, 2, 3
+    augment: str = "default"
+    num_workers: int = 4  # PyTorch ImageNet example default
+
+
+# A saved state is only resumed when these settings match (num_workers may change freely).
+RESUME_KEYS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "seed", "augment")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's random, numpy and torch (all devices)."""
+    set_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each DataLoader worker derives its numpy/random seed from torch's per-worker seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """A DataLoader; when shuffling, a lone last sample is dropped (BatchNorm needs 2 per batch)."""
+    drop_last = shuffle and len(dataset) % batch_size == 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
+    """Top-1 accuracy in percent of `model` over `loader` (gathered across processes)."""
+    model.eval()
+    correct = total = 0
+    for images, labels in loader:
+        preds = model(images).argmax(dim=1)
+        preds, labels = accelerator.gather_for_metrics((preds, labels))
+        correct += (preds == labels).sum().item()
+        total += labels.numel()
+    return 100.0 * correct / max(total, 1)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    accelerator: Accelerator, mix) -> tuple[float, float]:
+    """One pass over `loader` with soft-target cross entropy -> (mean loss, train accuracy %)."""
+    model.train()
+    loss_sum = correct = total = 0.0
+    for images, labels in tqdm(loader, desc="batches", leave=False, disable=not accelerator.is_local_main_process):
+        images, targets = mix(images, labels)
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        loss_sum += loss.item() * labels.numel()
+        correct += (logits.argmax(dim=1) == targets.argmax(dim=1)).sum().item()
+        total += labels.numel()
+    return loss_sum / max(total, 1), 100.0 * correct / max(total, 1)
+
+
+def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracies the paper and our validation protocol report, from per-epoch rows (epochs 1-based)."""
+    test = [row["test_accuracy"] for row in history]
+    best = int(np.argmax(test))  # first epoch reaching the maximum
+    summary = {"best_accuracy": test[best], "best_epoch": history[best]["epoch"],
+               "final_accuracy": test[-1], "epochs_done": history[-1]["epoch"],
+               "train_time_s": round(sum(row["time_s"] for row in history), 1)}
+    if history[0].get("val_accuracy") is not None:
+        val = [row["val_accuracy"] for row in history]
+        chosen = int(np.argmax(val))
+        summary.update(val_selected_accuracy=test[chosen], val_best_accuracy=val[chosen],
+                       val_selected_epoch=history[chosen]["epoch"])
+    return summary
+
+
+def _selection_score(row: dict[str, Any]) -> float:
+    # model_best follows validation when there is one, else the paper's best test epoch.
+    return row["val_accuracy"] if row.get("val_accuracy") is not None else row["test_accuracy"]
+
+
+def _load_last_state(path: Path, config: TrainConfig) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state["config"]
+    changed = {k: (saved.get(k), getattr(config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(config, k)}
+    if changed:
+        raise TrainingError(f"{path} was saved with other settings {changed} (saved, asked); pass --overwrite "
+                            f"to start this run again, or use the saved settings to resume it.")
+    return state
+
+
+def _append_log(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def fit(model: nn.Module, *, train_set: Dataset, test_set: Dataset, val_set: Dataset | None,
+        config: TrainConfig, output_dir: str | Path, info: dict[str, Any],
+        accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Train `model`, evaluate every epoch, keep model_best.pth.tar and a resumable last state.
+
+    Rerunning with the same output_dir continues after the last finished epoch. Returns
+    summarize_history(...) of all epochs. `info` goes into the checkpoint (see load_classifier).
+    """
+    accelerator = accelerator or Accelerator()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    last_path, log_path = output_dir / LAST_STATE_NAME, output_dir / LOG_NAME
+    if config.epochs < 1 or config.batch_size < 1:
+        raise TrainingError(f"--epochs and --batch_size must be at least 1, got {config.epochs} and "
+                            f"{config.batch_size}.")
+    if len(train_set) < 2:
+        raise TrainingError(f"the training set has {len(train_set)} images; at least 2 are needed.")
+
+    seed_everything(config.seed)
+    generator = torch.Generator()
+    train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True,
+                               num_workers=config.num_workers, generator=generator)
+    test_loader = make_loader(test_set, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    val_loader = (make_loader(val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+                  if val_set is not None else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+
+    state = _load_last_state(last_path, config)
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        logger.info("resuming %s after epoch %d", output_dir, len(history))
+    if accelerator.is_main_process:
+        _append_log(log_path, f"{'resume after epoch ' + str(len(history)) if history else 'start'}: "
+                              f"{asdict(config)} train {len(train_set)} val {len(val_set) if val_set else 0} "
+                              f"test {len(test_set)} device {accelerator.device}")
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    mix = batch_transform(config.augment, info["num_classes"])
+    best_score = max((_selection_score(row) for row in history), default=-1.0)
+
+    epochs = tqdm(range(len(history), config.epochs), desc=f"train {output_dir.name}", initial=len(history),
+                  total=config.epochs, disable=not accelerator.is_local_main_process)
+    for epoch in epochs:
+        # Reseed per epoch so a resumed run draws the same batches and augmentations as an unbroken one.
+        seed_everything(config.seed * 1000 + epoch)
+        generator.manual_seed(config.seed * 1000 + epoch)
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss, train_acc = train_one_epoch(model, train_loader, optimizer, accelerator, mix)
+        scheduler.step()
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_accuracy": train_acc,
+               "val_accuracy": evaluate(model, val_loader, accelerator) if val_loader is not None else None,
+               "test_accuracy": evaluate(model, test_loader, accelerator)}
+        row["time_s"] = time.perf_counter() - start
+        history.append(row)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if _selection_score(row) > best_score:
+                save_checkpoint(output_dir / CHECKPOINT_NAME, unwrapped, info, epoch=row["epoch"],
+                                test_accuracy=row["test_accuracy"], val_accuracy=row["val_accuracy"])
+            atomic_save({"model": unwrapped.state_dict(), "optimizer": optimizer.optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)},
+                        last_path)
+            val_text = f" val_acc {row['val_accuracy']:.2f}" if row["val_accuracy"] is not None else ""
+            _append_log(log_path, f"epoch {row['epoch']}/{config.epochs} lr {lr:.6f} loss {loss:.4f} "
+                                  f"train_acc {train_acc:.2f}{val_text} test_acc {row['test_accuracy']:.2f} "
+                                  f"time {row['time_s']:.1f}s")
+        best_score = max(best_score, _selection_score(row))
+        epochs.set_postfix(loss=f"{loss:.3f}", test=f"{row['test_accuracy']:.1f}")
+        accelerator.wait_for_everyone()
+    return summarize_history(history)

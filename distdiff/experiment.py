@@ -1,0 +1,225 @@
+"""One training run as train_original.py / train_expand.py run it: arguments, folders, data, results.
+
+Run folder: `<output_root>/<dataset_slug>/[<EXP>/]<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/seed<N>/`
+holding model_best.pth.tar, last_state.pth.tar (resume), log.txt and results.yaml (written last:
+its presence marks a finished run, which is skipped unless --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import ConcatDataset
+
+from distdiff import data
+from distdiff.augment import AUGMENTS, dataset_defaults, eval_transform, train_transform
+from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, build_classifier
+from distdiff.results import RESULTS_NAME, write_results
+from distdiff.training import LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, fit, seed_everything
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VAL_FRACTION = 0.1  # our choice: the paper has no validation split
+EXPANDED_ROOT = "expanded"  # train_expand.py reads expanded/<dataset_slug>/<EXP>/ unless --expanded_dir
+MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's choices
+
+
+def parse_pretrained(text: str) -> bool:
+    """PRETRAINED exactly as the paper's README writes it: True or False."""
+    values = {"True": True, "False": False}
+    if text not in values:
+        raise argparse.ArgumentTypeError(f"PRETRAINED must be True or False (as in `python train_original.py "
+                                         f"caltech-101 resnet50 0.1 False 0`), got '{text}'.")
+    return values[text]
+
+
+def parse_lr(text: str) -> float:
+    """LR: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"LR must be a positive number such as 0.1, got '{text}'.")
+    return value
+
+
+def parse_gpu(text: str) -> str:
+    """GPU: a CUDA device index or a comma list of them (e.g. 0 or 0,1)."""
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise argparse.ArgumentTypeError(f"GPU must be a device index such as 0 (or a list such as 0,1), got '{text}'.")
+    return text
+
+
+def parse_exp(text: str) -> str:
+    """EXP: an experiment name usable as one folder name."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"EXP names a folder: use letters, digits and _ . + - only, got '{text}'.")
+    return text
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> None:
+    """The positional arguments of the paper's scripts and the optional flags both scripts share."""
+    defaults = TrainConfig()
+    parser.add_argument("dataset", metavar="DATASET", help="digits, imagefolder:PATH or a registered dataset")
+    parser.add_argument("arch", metavar="ARCH", choices=sorted(ARCHS), help=f"one of {sorted(ARCHS)}")
+    parser.add_argument("lr", metavar="LR", type=parse_lr, help="learning rate (paper: 0.1)")
+    if expand:
+        parser.add_argument("exp", metavar="EXP", type=parse_exp, help="experiment name (names the output folder)")
+    parser.add_argument("pretrained", metavar="PRETRAINED", type=parse_pretrained, help="True or False")
+    parser.add_argument("gpu", metavar="GPU", type=parse_gpu, help="CUDA device index; ignored on CPU")
+    if expand:
+        parser.add_argument("--expanded_dir", default=None,
+                            help=f"synthetic images <dir>/<class>/*.png (default {EXPANDED_ROOT}/<dataset_slug>/<EXP>)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="SPEC.md: 100")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="SPEC.md: 64")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="the paper averages seeds 1 2 3")
+    parser.add_argument("--image_size", type=int, default=None, help="default: 224 (SPEC.md), 32 for digits")
+    parser.add_argument("--augment", choices=sorted(AUGMENTS), default="default", help="extra augmentation")
+    flip = parser.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
+    flip.add_argument("--no_flip", dest="flip", action="store_false", help="no flips (default for digits)")
+    parser.add_argument("--validation", action="store_true",
+                        help="report test accuracy at the best validation epoch (dataset's val split, else "
+                             "--val_fraction of train)")
+    parser.add_argument("--val_fraction", type=float, default=None,
+                        help=f"with --validation: hold out this fraction of each class's train images "
+                             f"(default {DEFAULT_VAL_FRACTION} when the dataset has no val split)")
+    parser.add_argument("--data_root", default="data", help="folder holding the datasets")
+    parser.add_argument("--output_root", default="checkpoint", help="folder for run outputs")
+    parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, default="no", help="accelerate's flag")
+    parser.add_argument("--num_workers", type=int, default=defaults.num_workers, help="DataLoader workers")
+    parser.add_argument("--pretrained_path", default=None, help="local ImageNet weight file for PRETRAINED True")
+    parser.add_argument("--overwrite", action="store_true", help="rerun a finished run from scratch")
+
+
+def run_name(arch: str, pretrained: bool, lr: float, augment: str) -> str:
+    """`<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]`, e.g. resnet50_unpretrained_lr0.1."""
+    name = f"{arch}_{'pretrained' if pretrained else 'unpretrained'}_lr{lr:g}"
+    return name if augment == "default" else f"{name}_{augment}"
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    """The seed folder of this run (see the module docstring)."""
+    root = Path(args.output_root) / data.dataset_slug(args.dataset)
+    if getattr(args, "exp", None):
+        root = root / args.exp
+    return root / run_name(args.arch, args.pretrained, args.lr, args.augment) / f"seed{args.seed}"
+
+
+def configure_gpu(gpu: str) -> str:
+    """Expose only CUDA device(s) `gpu` (before accelerate starts); returns a note for the log."""
+    if "LOCAL_RANK" in os.environ:
+        return f"GPU {gpu} ignored: accelerate launch assigns the devices"
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if not torch.cuda.is_available():
+        return f"GPU {gpu} ignored: no CUDA device, training on CPU"
+    return f"using CUDA device(s) {gpu}"
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise TrainingError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    if args.num_workers < 0:
+        raise TrainingError(f"--num_workers must be 0 or more, got {args.num_workers}.")
+    if args.image_size is not None and args.image_size < 8:
+        raise TrainingError(f"--image_size must be at least 8 pixels, got {args.image_size}.")
+    if args.val_fraction is not None and not args.validation:
+        raise TrainingError("--val_fraction only applies with --validation; add --validation or drop it.")
+
+
+def _drop_synthetic_of(synthetic: data.LabeledImages, held_out: data.LabeledImages) -> data.LabeledImages:
+    """Synthetic images whose source image is not in `held_out` (expand.py names them <stem>_expand_<i>)."""
+    held = {(s.label, s.stem) for s in held_out.samples}
+    keep = [i for i, s in enumerate(synthetic.samples) if (s.label, s.stem.rsplit("_expand_", 1)[0]) not in held]
+    return synthetic.subset(keep)
+
+
+def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expanded_dir: str | Path | None
+                  ) -> dict[str, Any]:
+    """Transformed train (original [+ synthetic]), val (or None) and test sets, and their sizes."""
+    name, root = args.dataset, args.data_root
+    train = data.load_dataset(name, "train", root=root)
+    test = data.load_dataset(name, "test", root=root)
+    val, val_source = None, None
+    if args.validation:
+        if args.val_fraction is None and data.dataset_has_split(name, "val", root):
+            val, val_source = data.load_dataset(name, "val", root=root), "val split"
+        else:
+            fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
+            train, val = data.holdout(train, fraction, seed=0)
+            val_source = f"{fraction:g} of train"
+    synthetic, dropped = None, 0
+    if expanded_dir is not None:
+        synthetic = data.load_expanded(expanded_dir, train.classes, prompt_template=train.prompt_template)
+        if val is not None and val_source != "val split":
+            kept = _drop_synthetic_of(synthetic, val)
+            dropped = len(synthetic) - len(kept)
+            if dropped:
+                logger.warning("dropped %d synthetic images made from held-out validation images", dropped)
+            synthetic = kept
+    train_tf = train_transform(image_size, IMAGENET_MEAN, IMAGENET_STD, flip=flip, augment=args.augment)
+    eval_tf = eval_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
+    return {"train": ConcatDataset(parts) if len(parts) > 1 else parts[0], "classes": train.classes,
+            "val": val.with_transform(eval_tf) if val is not None else None, "test": test.with_transform(eval_tf),
+            "counts": {"num_train": len(train), "num_synthetic": len(synthetic) if synthetic else 0,
+                       "num_synthetic_dropped": dropped, "num_val": len(val) if val is not None else 0,
+                       "num_test": len(test)},
+            "val_source": val_source}
+
+
+def _plain(value: Any) -> Any:
+    # Checkpoints are read with weights_only=True, which accepts only plain python values.
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train one seed as the scripts ask; returns results.yaml's content, or None for a skipped finished run."""
+    _validate(args)
+    out = run_dir(args)
+    if (out / RESULTS_NAME).is_file() and not args.overwrite:
+        logger.warning("skipping %s: finished (results.yaml exists); pass --overwrite to run it again", out)
+        return None
+    if args.overwrite:
+        for name in (RESULTS_NAME, CHECKPOINT_NAME, LAST_STATE_NAME, LOG_NAME):
+            (out / name).unlink(missing_ok=True)
+    expanded_dir = None
+    if getattr(args, "exp", None):
+        expanded_dir = args.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(args.dataset) / args.exp
+    defaults = dataset_defaults(args.dataset)
+    image_size = args.image_size or defaults.image_size
+    flip = defaults.flip if args.flip is None else args.flip
+    run_data = load_run_data(args, image_size, flip, expanded_dir)
+
+    logger.info(configure_gpu(args.gpu))
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    seed_everything(args.seed)
+    model = build_classifier(args.arch, len(run_data["classes"]), pretrained=args.pretrained,
+                             pretrained_path=args.pretrained_path)
+    info = {"arch": args.arch, "num_classes": len(run_data["classes"]), "classes": list(run_data["classes"]),
+            "image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "dataset": args.dataset, "pretrained": args.pretrained,
+            "args": {k: _plain(v) for k, v in vars(args).items()}}
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         augment=args.augment, num_workers=args.num_workers)
+    summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
+                  config=config, output_dir=out, info=info, accelerator=accelerator)
+    results = {"dataset": args.dataset, "exp": getattr(args, "exp", None), "arch": args.arch, "lr": args.lr,
+               "pretrained": args.pretrained, "augment": args.augment, "seed": args.seed, "epochs": args.epochs,
+               "batch_size": args.batch_size, "image_size": image_size, "flip": flip,
+               "expanded_dir": str(expanded_dir) if expanded_dir else None,
+               "val_source": run_data["val_source"], **summary, **run_data["counts"]}
+    if accelerator.is_main_process:
+        write_results(out / RESULTS_NAME, results)
+        logger.info("%s: best test accuracy %.2f (epoch %d), final %.2f", out, results["best_accuracy"],
+                    results["best_epoch"], results["final_accuracy"])
+    return results

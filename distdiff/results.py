@@ -1,0 +1,147 @@
+"""Run results: writing results.yaml and summarising seeds (mean ± sample std) across experiments.
+
+An experiment folder holds one `seed<N>/results.yaml` per seed. The spread reported is the sample
+standard deviation over seeds (ddof=1, Python's statistics.stdev); it is undefined for one seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RESULTS_NAME = "results.yaml"
+METRICS = ("best_accuracy", "final_accuracy", "val_selected_accuracy")
+SEED_DIR = re.compile(r"seed(\d+)")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> None:
+    """Write a run's results as YAML, atomically."""
+    plain = {k: (float(v) if hasattr(v, "dtype") else v) for k, v in results.items()}
+    _atomic_write_text(Path(path), yaml.safe_dump(plain, sort_keys=False))
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read one results.yaml."""
+    with open(path, encoding="utf-8") as handle:
+        results = yaml.safe_load(handle)
+    if not isinstance(results, dict) or "best_accuracy" not in results:
+        raise ValueError(f"{path} is not a results.yaml written by train_original.py / train_expand.py.")
+    return results
+
+
+def _seed_dirs(folder: Path) -> list[tuple[int, Path]]:
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := SEED_DIR.fullmatch(p.name))]
+    return sorted(found)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); std is None for a single value."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize_experiment(folder: str | Path) -> dict[str, Any]:
+    """Per-seed metrics, mean and sample std of an experiment folder (its seed<N>/results.yaml files).
+
+    Seeds without results.yaml (unfinished runs) are listed under 'unfinished', not averaged.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder.")
+    seeds = _seed_dirs(folder)
+    if not seeds:
+        raise ValueError(f"{folder} has no seed<N>/ folders; pass an experiment folder such as "
+                         f"checkpoint/digits/smallcnn_unpretrained_lr0.1 (or a folder of them with --multi).")
+    runs = {seed: read_results(path / RESULTS_NAME) for seed, path in seeds if (path / RESULTS_NAME).is_file()}
+    unfinished = [seed for seed, path in seeds if seed not in runs]
+    summary: dict[str, Any] = {"experiment": str(folder), "seeds": sorted(runs), "unfinished": unfinished,
+                               "per_seed": {}, "mean": {}, "std": {}}
+    for metric in METRICS:
+        values = [runs[seed][metric] for seed in sorted(runs) if runs[seed].get(metric) is not None]
+        if runs and len(values) == len(runs):
+            summary["per_seed"][metric] = values
+            summary["mean"][metric], summary["std"][metric] = mean_std(values)
+    return summary
+
+
+def find_experiments(root: str | Path) -> list[Path]:
+    """Every folder under `root` (itself included) holding seed<N>/ run folders, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder.")
+    # A seed folder with only log.txt is an unfinished run: listed (as unfinished), never silently dropped.
+    found = {p.parent for p in root.rglob("seed*") if p.is_dir() and SEED_DIR.fullmatch(p.name)
+             and ((p / RESULTS_NAME).is_file() or (p / "log.txt").is_file())}
+    return sorted(found)
+
+
+def format_value(mean: float, std: float | None) -> str:
+    """'83.09 ± 0.11' (std: sample std over seeds), or '83.09' for one seed."""
+    return f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _columns(summaries: list[dict[str, Any]]) -> list[str]:
+    return [m for m in METRICS if any(m in s["mean"] for s in summaries)]
+
+
+def markdown_table(summaries: list[dict[str, Any]], *, root: str | Path | None = None) -> str:
+    """One row per experiment: seeds, then mean ± sample std of each metric (percent)."""
+    metrics = _columns(summaries)
+    lines = ["| experiment | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for s in summaries:
+        name = os.path.relpath(s["experiment"], root) if root is not None else s["experiment"]
+        cells = [format_value(s["mean"][m], s["std"][m]) if m in s["mean"] else "" for m in metrics]
+        seeds = ",".join(map(str, s["seeds"])) + (f" (unfinished: {','.join(map(str, s['unfinished']))})"
+                                                  if s["unfinished"] else "")
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(summaries: list[dict[str, Any]], path: str | Path, *, root: str | Path | None = None) -> None:
+    """Atomic CSV: experiment, n_seeds, seeds, unfinished, then <metric>_mean, <metric>_std, <metric>_per_seed."""
+    metrics = _columns(summaries)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["experiment", "n_seeds", "seeds", "unfinished"]
+                    + [f"{m}_{part}" for m in metrics for part in ("mean", "std", "per_seed")])
+    for s in summaries:
+        name = os.path.relpath(s["experiment"], root) if root is not None else s["experiment"]
+        row = [name, len(s["seeds"]), " ".join(map(str, s["seeds"])), " ".join(map(str, s["unfinished"]))]
+        for m in metrics:
+            std = s["std"].get(m)
+            row += ([s["mean"][m], "" if std is None else std, " ".join(f"{v:g}" for v in s["per_seed"][m])]
+                    if m in s["mean"] else ["", "", ""])
+        writer.writerow(row)
+    _atomic_write_text(Path(path), buffer.getvalue())
+
+
+def format_experiment(summary: dict[str, Any]) -> str:
+    """A few lines: per-seed values and mean ± sample std of each metric."""
+    lines = [f"{summary['experiment']}: seeds {summary['seeds']}"]
+    if summary["unfinished"]:
+        lines.append(f"  unfinished seeds (no results.yaml yet): {summary['unfinished']}")
+    for metric, values in summary["per_seed"].items():
+        per_seed = ", ".join(f"seed{s} {v:.2f}" for s, v in zip(summary["seeds"], values))
+        lines.append(f"  {metric}: {format_value(summary['mean'][metric], summary['std'][metric])}  ({per_seed})")
+    lines.append("  (± is the sample standard deviation over seeds, ddof=1)")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Summarise finished runs: per-seed best test accuracy and mean ± std over seeds.
+
+    python parse_logs.py checkpoint/digits/smallcnn_unpretrained_lr0.1
+    python parse_logs.py checkpoint/digits --multi --csv results.csv
+
+± is the sample standard deviation over seeds (ddof=1). With --multi, PATH is searched for
+experiment folders (folders holding seed<N>/results.yaml) and a markdown table is printed.
+"""
+
+import argparse
+import sys
+
+from distdiff.results import find_experiments, format_experiment, markdown_table, summarize_experiment, write_csv
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", metavar="PATH", help="an experiment folder (with --multi: a folder of them)")
+    parser.add_argument("--multi", action="store_true", help="one table row per experiment found under PATH")
+    parser.add_argument("--csv", default=None, metavar="FILE", help="also write the summary as CSV")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    try:
+        if args.multi:
+            folders = find_experiments(args.path)
+            if not folders:
+                raise ValueError(f"no experiment folders (with seed<N>/results.yaml) under {args.path}.")
+            summaries = [summarize_experiment(folder) for folder in folders]
+            print(markdown_table(summaries, root=args.path))
+            print("\n± is the sample standard deviation over seeds (ddof=1).")
+        else:
+            summaries = [summarize_experiment(args.path)]
+            print(format_experiment(summaries[0]))
+        if args.csv:
+            write_csv(summaries, args.csv, root=args.path if args.multi else None)
+            print(f"wrote {args.csv}")
+    except ValueError as err:
+        sys.exit(f"parse_logs.py: error: {err}")
+    return summaries
+
+
+if __name__ == "__main__":
+    main(parse_args())

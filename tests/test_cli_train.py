@@ -1,0 +1,116 @@
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import train_expand
+import train_original
+from distdiff.classifiers import load_classifier
+from distdiff.data import holdout, load_dataset
+
+FAST = ["--epochs", "1", "--batch_size", "50", "--num_workers", "0"]
+RESULT_KEYS = {"best_accuracy", "final_accuracy", "best_epoch", "seed", "num_train", "num_test", "num_val",
+               "num_synthetic", "val_selected_accuracy", "val_best_accuracy", "val_selected_epoch"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_gpu_env(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # main() sets it; monkeypatch puts the old value back
+
+
+def test_train_original_writes_results_and_skips_a_finished_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    argv = ["digits", "smallcnn", "0.1", "False", "0", "--seed", "2", "--validation",
+            "--output_root", str(tmp_path)] + FAST
+    results = train_original.main(train_original.parse_args(argv))
+    run = tmp_path / "digits" / "smallcnn_unpretrained_lr0.1" / "seed2"
+    saved = yaml.safe_load((run / "results.yaml").read_text())
+    assert RESULT_KEYS <= set(saved) and saved == results
+    assert (saved["seed"], saved["num_train"], saved["num_val"], saved["num_test"], saved["num_synthetic"]) == \
+           (2, 100, 100, 600, 0)  # digits brings its own val split
+    assert saved["val_source"] == "val split" and saved["image_size"] == 32 and saved["flip"] is False
+    model, info = load_classifier(run / "model_best.pth.tar")
+    assert info["image_size"] == 32 and info["dataset"] == "digits" and info["args"]["seed"] == 2
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert "epoch 1/1" in (run / "log.txt").read_text()
+
+    before = (run / "results.yaml").stat().st_mtime_ns
+    assert train_original.main(train_original.parse_args(argv)) is None
+    assert "skipping" in caplog.text and "--overwrite" in caplog.text
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert ("GPU 0 ignored: no CUDA device" in caplog.text) != torch.cuda.is_available()
+    assert (run / "results.yaml").stat().st_mtime_ns == before
+
+
+def test_bad_positional_arguments_give_clear_errors(capsys):
+    with pytest.raises(SystemExit):
+        train_original.parse_args(["digits", "smallcnn", "0.1", "false", "0"])
+    assert "PRETRAINED must be True or False" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_original.parse_args(["digits", "smallcnn", "-1", "False", "0"])
+    assert "LR must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_expand.parse_args(["digits", "smallcnn", "0.1", "a/b", "False", "0"])
+    assert "EXP names a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--val_fraction only applies with --validation"):
+        train_original.main(train_original.parse_args(["digits", "smallcnn", "0.1", "False", "0",
+                                                       "--val_fraction", "0.2"]))
+
+
+def _png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((48, 48, 3), 200, dtype=np.uint8)).save(path)
+
+
+def test_train_expand_adds_synthetic_images_but_not_those_of_held_out_images(tmp_path):
+    train = load_dataset("digits", "train")
+    _, val = holdout(train, 0.2, seed=0)
+    kept_stem = next(s.stem for s in train.samples if s.label == 1 and s.stem not in {v.stem for v in val.samples})
+    held_stem = next(s.stem for s in val.samples if s.label == 1)
+    expanded = tmp_path / "synthetic"
+    for i in range(3):
+        _png(expanded / "1" / f"{kept_stem}_expand_{i}.png")
+        _png(expanded / "1" / f"{held_stem}_expand_{i}.png")
+    _png(expanded / "7" / "digit_9999_expand_0.png")
+    argv = ["digits", "smallcnn", "0.1", "x5", "False", "0", "--expanded_dir", str(expanded), "--validation",
+            "--val_fraction", "0.2", "--augment", "cutmix", "--output_root", str(tmp_path / "ckpt")] + FAST
+    results = train_expand.main(train_expand.parse_args(argv))
+    assert (results["num_train"], results["num_val"]) == (80, 20)
+    assert results["num_synthetic"] == 4 and results["num_synthetic_dropped"] == 3
+    run = tmp_path / "ckpt" / "digits" / "x5" / "smallcnn_unpretrained_lr0.1_cutmix" / "seed1"
+    assert (run / "results.yaml").is_file()
+    assert "train 84 val 20 test 600" in (run / "log.txt").read_text()  # original + synthetic are trained on
+
+    _png(expanded / "cat" / "digit_0001_expand_0.png")
+    with pytest.raises(SystemExit, match=r"class folders \['cat'\] that the dataset does not have"):
+        train_expand.main(train_expand.parse_args(argv + ["--overwrite"]))
+
+
+def test_train_expand_default_folder_is_named_after_the_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"expanded/digits/nope does not exist"):
+        train_expand.main(train_expand.parse_args(["digits", "smallcnn", "0.1", "nope", "False", "0"]))
+
+
+@pytest.mark.parametrize("script, positional", [
+    ("train_original.sh", ["digits", "smallcnn", "0.1", "False", "0"]),
+    ("train_expand.sh", ["digits", "smallcnn", "0.1", "x5", "False", "0"])])
+def test_seed_scripts_run_seeds_1_2_3_with_the_arguments_passed_on(tmp_path, script, positional):
+    # A stand-in `python` records each call; skipping finished seeds is train_*.py's job (tested above).
+    (tmp_path / "python").write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\n')
+    (tmp_path / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls.txt")}
+    path = Path(__file__).resolve().parents[1] / "scripts" / "exps" / script
+    usage = subprocess.run(["bash", str(path), "digits"], capture_output=True, text=True, env=env)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    done = subprocess.run(["bash", str(path), *positional, "--epochs", "3"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    target = str(path.parents[2] / script.replace(".sh", ".py"))
+    assert calls == [" ".join([target, *positional, "--seed", str(seed), "--epochs", "3"]) for seed in (1, 2, 3)]

@@ -1,0 +1,76 @@
+import csv
+
+import pytest
+
+import parse_logs
+from distdiff.results import find_experiments, mean_std, read_results, summarize_experiment, write_results
+
+
+def _write(folder, seed, best, final, val=None):
+    results = {"seed": seed, "best_accuracy": best, "final_accuracy": final}
+    if val is not None:
+        results["val_selected_accuracy"] = val
+    write_results(folder / f"seed{seed}" / "results.yaml", results)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    a = tmp_path / "digits" / "smallcnn_unpretrained_lr0.1"
+    for seed, best, final in [(1, 80.0, 79.0), (2, 82.0, 80.0), (3, 84.0, 84.0)]:
+        _write(a, seed, best, final)
+    b = tmp_path / "digits" / "distdiff" / "resnet18_unpretrained_lr0.1"
+    _write(b, 1, 90.0, 88.0, val=89.0)
+    _write(b, 2, 91.0, 90.0, val=87.0)
+    (a / "seed4").mkdir()
+    (a / "seed4" / "log.txt").write_text("epoch 1/100 ...\n")  # an unfinished run
+    return tmp_path, a, b
+
+
+def test_mean_and_sample_std_over_seeds(runs):
+    _, a, _ = runs
+    summary = summarize_experiment(a)
+    assert summary["seeds"] == [1, 2, 3] and summary["unfinished"] == [4]
+    assert summary["per_seed"]["best_accuracy"] == [80.0, 82.0, 84.0]
+    assert summary["mean"]["best_accuracy"] == pytest.approx(82.0)
+    assert summary["std"]["best_accuracy"] == pytest.approx(2.0)  # ddof=1; the population std would be 1.633
+    assert summary["mean"]["final_accuracy"] == pytest.approx(81.0)
+    assert summary["std"]["final_accuracy"] == pytest.approx(2.6457513)
+    assert "val_selected_accuracy" not in summary["mean"]
+    assert mean_std([70.0]) == (70.0, None)
+
+
+def test_parse_logs_prints_one_experiment(runs, capsys):
+    _, a, _ = runs
+    parse_logs.main(parse_logs.parse_args([str(a)]))
+    out = capsys.readouterr().out
+    assert "best_accuracy: 82.00 ± 2.00  (seed1 80.00, seed2 82.00, seed3 84.00)" in out
+    assert "unfinished seeds (no results.yaml yet): [4]" in out and "ddof=1" in out
+
+
+def test_parse_logs_multi_writes_a_table_and_csv(runs, capsys):
+    root, a, b = runs
+    assert find_experiments(root) == sorted([a, b])
+    parse_logs.main(parse_logs.parse_args([str(root), "--multi", "--csv", str(root / "summary.csv")]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| experiment | seeds | best_accuracy | final_accuracy | val_selected_accuracy |"
+    assert "| digits/distdiff/resnet18_unpretrained_lr0.1 | 1,2 | 90.50 ± 0.71 | 89.00 ± 1.41 | 88.00 ± 1.41 |" in lines
+    assert "| digits/smallcnn_unpretrained_lr0.1 | 1,2,3 (unfinished: 4) | 82.00 ± 2.00 | 81.00 ± 2.65 |  |" in lines
+    with open(root / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["experiment"] for r in rows] == ["digits/distdiff/resnet18_unpretrained_lr0.1",
+                                               "digits/smallcnn_unpretrained_lr0.1"]
+    assert float(rows[1]["best_accuracy_mean"]) == pytest.approx(82.0)
+    assert float(rows[1]["best_accuracy_std"]) == pytest.approx(2.0)
+    assert rows[1]["best_accuracy_per_seed"] == "80 82 84" and rows[1]["unfinished"] == "4"
+    assert rows[1]["val_selected_accuracy_mean"] == ""
+
+
+def test_parse_logs_errors_are_clear(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"has no seed<N>/ folders.*--multi"):
+        parse_logs.main(parse_logs.parse_args([str(tmp_path / "empty")]))
+    with pytest.raises(SystemExit, match="no experiment folders"):
+        parse_logs.main(parse_logs.parse_args([str(tmp_path / "empty"), "--multi"]))
+    (tmp_path / "bad.yaml").write_text("just: text\n")
+    with pytest.raises(ValueError, match="not a results.yaml"):
+        read_results(tmp_path / "bad.yaml")

@@ -1,0 +1,36 @@
+"""Train a classifier on original + synthetic (expanded) images.
+
+    python train_expand.py DATASET ARCH LR EXP PRETRAINED GPU [--expanded_dir DIR] [--seed N] ...
+    python train_expand.py digits smallcnn 0.1 distdiff_5x False 0
+
+Synthetic images are read from --expanded_dir (default expanded/<dataset_slug>/<EXP>/, laid out
+<class>/<stem>_expand_<i>.png as expand.py writes them). Writes
+checkpoint/<dataset>/<EXP>/<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/seed<N>/.
+"""
+
+import argparse
+import logging
+import sys
+
+from distdiff.classifiers import ClassifierError
+from distdiff.data import DatasetError
+from distdiff.experiment import add_train_arguments, run_training
+from distdiff.training import TrainingError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser, expand=True)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    try:
+        return run_training(args)
+    except (DatasetError, ClassifierError, TrainingError) as err:
+        sys.exit(f"train_expand.py: error: {err}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(parse_args())

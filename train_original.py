@@ -1,0 +1,36 @@
+"""Train a classifier on a dataset's original training images (the guide model, or the baseline).
+
+    python train_original.py DATASET ARCH LR PRETRAINED GPU [--seed N] [--epochs E] ...
+    python train_original.py digits smallcnn 0.1 False 0
+
+Writes checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/seed<N>/ with
+model_best.pth.tar, log.txt and results.yaml; rerunning resumes an unfinished run and skips a
+finished one (--overwrite reruns it).
+"""
+
+import argparse
+import logging
+import sys
+
+from distdiff.classifiers import ClassifierError
+from distdiff.data import DatasetError
+from distdiff.experiment import add_train_arguments, run_training
+from distdiff.training import TrainingError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser, expand=False)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    try:
+        return run_training(args)
+    except (DatasetError, ClassifierError, TrainingError) as err:
+        sys.exit(f"train_original.py: error: {err}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(parse_args())

@@ -113,6 +113,10 @@ def validate(args: argparse.Namespace) -> None:
     for flag in ("rho", "gs", "ls", "guidance_scale"):
         if getattr(args, flag) < 0:
             raise expansion.ExpansionError(f"--{flag} must be 0 or more, got {getattr(args, flag)}.")
+    use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
+    if GUIDANCE[args.guidance] != "none" and not (use_dc and args.gs > 0 or use_dg and args.ls > 0):
+        raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
+                                       "--optimize_targets); give one a positive weight, or use --guidance none.")
     if args.constraint_value <= 0:
         raise expansion.ExpansionError(f"--constraint_value must be positive, got {args.constraint_value}.")
     if args.max_source_images is not None and args.max_source_images < 1:
@@ -186,7 +190,6 @@ def run(args: argparse.Namespace) -> dict:
     if resolution % sd.vae_scale_factor:
         raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
                                        f"{sd.vae_scale_factor}.")
-    guide = load_guide(args, train, state, device)
     guidance = None if guidance_method == "none" else EnergyGuidance(
         method=guidance_method, guidance_step=args.guidance_step, period=args.guidance_period, rho=args.rho,
         eps=args.constraint_value, normalize_transform=not args.no_transform_feature_norm)
@@ -197,9 +200,11 @@ def run(args: argparse.Namespace) -> dict:
               "K": args.K, "cluster": args.cluster, "gs": args.gs, "ls": args.ls,
               "optimize_targets": args.optimize_targets, "transform_feature_norm": not args.no_transform_feature_norm,
               "raw_guide_input": args.raw_guide_input, "seed": args.seed,
-              "guide_checkpoint": str(Path(args.guide_checkpoint).resolve()) if guide is not None else None}
+              "guide_checkpoint": (str(Path(args.guide_checkpoint).resolve()) if Path(args.guide_checkpoint).is_file()
+                                   else None)}
     out = Path(args.output_dir)
-    expansion.ensure_run_config(out, params)
+    expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast
+    guide = load_guide(args, train, state, device)
 
     shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
     sources = expansion.shard_sources(expansion.select_sources(train, args.max_source_images), shard=shard,

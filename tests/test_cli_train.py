@@ -21,7 +21,7 @@ RESULT_KEYS = {"best_accuracy", "final_accuracy", "best_epoch", "seed", "num_tra
 
 @pytest.fixture(autouse=True)
 def _restore_gpu_env(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # main() sets it; monkeypatch puts the old value back
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # main() sets it; monkeypatch restores it
 
 
 def test_train_original_writes_results_and_skips_a_finished_run(tmp_path, caplog):

@@ -2,7 +2,7 @@
 
     python expand.py -d DATASET [-a GUIDE_ARCH] [--num_images_per_prompt 5] [--split S --total_split N] ...
     python expand.py -d digits --max_source_images 20 --steps 10 --guidance_step 4
-    accelerate launch expand.py -d caltech-101      # one shard per process
+    accelerate launch --num_processes 4 expand.py -d caltech-101   # one shard per GPU process
 
 Writes OUT/<class>/<source stem>_expand_<i>.png (OUT defaults to expanded/<dataset>/<distdiff|sd|
 distdiff_direct>_<N>x, what train_expand.py reads for EXP of the same name), OUT/manifest.jsonl

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 
 from distdiff import expansion
@@ -90,6 +91,19 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_energy_log", action="store_true", help="skip measuring D_c/D_g for the manifest (faster)")
 
 
+def _validate_schedule(args: argparse.Namespace) -> None:
+    if not 1 <= args.guidance_step <= args.steps:
+        raise expansion.ExpansionError(f"--guidance_step must be in [1, --steps={args.steps}], got {args.guidance_step}.")
+    if args.guidance_period > args.guidance_step:
+        raise expansion.ExpansionError(f"--guidance_period ({args.guidance_period}) cannot exceed --guidance_step "
+                                       f"({args.guidance_step}): the look-ahead would run past the last step.")
+    start = img2img_start_index(args.steps, args.strength)
+    if args.steps - args.guidance_step < start:
+        raise expansion.ExpansionError(
+            f"--guidance_step {args.guidance_step} guides schedule index {args.steps - args.guidance_step}, before the "
+            f"first img2img step {start} of --strength {args.strength}; use --guidance_step <= {args.steps - start}.")
+
+
 def validate(args: argparse.Namespace) -> None:
     """Reject flag values that cannot work, naming the flag and the fix."""
     positive = ("num_images_per_prompt", "steps", "batch_size", "total_split", "K", "guidance_period")
@@ -98,16 +112,8 @@ def validate(args: argparse.Namespace) -> None:
             raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
     if not 0.0 < args.strength <= 1.0:
         raise expansion.ExpansionError(f"--strength must be in (0, 1], got {args.strength}.")
-    if not 1 <= args.guidance_step <= args.steps:
-        raise expansion.ExpansionError(f"--guidance_step must be in [1, --steps={args.steps}], got {args.guidance_step}.")
-    if args.guidance_period > args.guidance_step:
-        raise expansion.ExpansionError(f"--guidance_period ({args.guidance_period}) cannot exceed --guidance_step "
-                                       f"({args.guidance_step}): the look-ahead would run past the last step.")
-    start = img2img_start_index(args.steps, args.strength)
-    if GUIDANCE[args.guidance] != "none" and args.steps - args.guidance_step < start:
-        raise expansion.ExpansionError(
-            f"--guidance_step {args.guidance_step} guides schedule index {args.steps - args.guidance_step}, before the "
-            f"first img2img step {start} of --strength {args.strength}; use --guidance_step <= {args.steps - start}.")
+    if GUIDANCE[args.guidance] != "none":  # the guidance schedule flags are unused by plain SD
+        _validate_schedule(args)
     if not 0 <= args.split < args.total_split:
         raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
     for flag in ("rho", "gs", "ls", "guidance_scale"):
@@ -180,7 +186,8 @@ def run(args: argparse.Namespace) -> dict:
     """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
     validate(args)
     resolve_paths(args)
-    state = PartialState()
+    # Without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device
     guidance_method = GUIDANCE[args.guidance]
     train = load_dataset(args.dataset, "train", root=args.data_root)

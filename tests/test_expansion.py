@@ -208,6 +208,7 @@ def test_cli_refuses_a_resume_with_other_parameters(tmp_path, cli):
     (["--K", "0"], "--K must be at least 1"),
     (["--constraint_value", "0"], "--constraint_value must be positive"),
     (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--guidance", "direct", "--guidance_step", "5"], r"--guidance_step must be in \[1, --steps=4\]"),
     (["--gs", "0", "--optimize_targets", "global_prototype"], "the energy has no term left"),
 ])
 def test_cli_rejects_invalid_flags(tmp_path, cli, extra, message):

@@ -37,7 +37,7 @@ if [ "$DATASET" = digits ]; then
 fi
 
 echo "== 1/4 original data: $BACKBONE on $DATASET, seeds 1 2 3 (seed 1 is the guide)"
-sh scripts/exps/train_original.sh "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 $TRAIN_FLAGS
+bash scripts/exps/train_original.sh "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 $TRAIN_FLAGS
 
 echo "== 2/4 DistDiff expansion, ${COPIES}x, $NUM_GPUS job(s)"
 split=0
@@ -52,7 +52,7 @@ done
 for pid in $pids; do wait "$pid"; done
 
 echo "== 3/4 original + synthetic: $BACKBONE, seeds 1 2 3"
-sh scripts/exps/train_expand.sh "$DATASET" "$BACKBONE" "$LR" "$EXP" "$PRETRAINED" 0 $TRAIN_FLAGS
+bash scripts/exps/train_expand.sh "$DATASET" "$BACKBONE" "$LR" "$EXP" "$PRETRAINED" 0 $TRAIN_FLAGS
 
 echo "== 4/4 results (best test accuracy over epochs, mean ± std over seeds)"
 python parse_logs.py "checkpoint/$SLUG" --multi

@@ -14,8 +14,8 @@ TRAIN_FLAGS="--validation"
 GUIDE=checkpoint/digits/${ARCH}_unpretrained_lr$LR/seed1/model_best.pth.tar
 
 echo "== original data (seed 1 is also the guide) and AutoAugment"
-sh scripts/exps/train_original.sh digits $ARCH $LR False 0 $TRAIN_FLAGS
-sh scripts/exps/train_original.sh digits $ARCH $LR False 0 $TRAIN_FLAGS --augment autoaugment
+bash scripts/exps/train_original.sh digits $ARCH $LR False 0 $TRAIN_FLAGS
+bash scripts/exps/train_original.sh digits $ARCH $LR False 0 $TRAIN_FLAGS --augment autoaugment
 
 # EXP name | expand.py flags
 for spec in "sd_${COPIES}x|--guidance none" \
@@ -27,7 +27,7 @@ for spec in "sd_${COPIES}x|--guidance none" \
   # shellcheck disable=SC2086  # FLAGS is a list of flags
   python expand.py -d digits -a $ARCH --guide_checkpoint "$GUIDE" --num_images_per_prompt $COPIES \
     --batch_size 20 --output_dir "expanded/digits/$EXP" $FLAGS "$@"
-  sh scripts/exps/train_expand.sh digits $ARCH $LR "$EXP" False 0 $TRAIN_FLAGS
+  bash scripts/exps/train_expand.sh digits $ARCH $LR "$EXP" False 0 $TRAIN_FLAGS
 done
 
 echo "== results"

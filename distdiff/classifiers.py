@@ -12,7 +12,6 @@ import logging
 import os
 import pickle
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,8 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+
+from distdiff.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -174,26 +175,12 @@ def build_classifier(arch: str, num_classes: int, *, pretrained: bool = False, p
     return TimmClassifier(model)
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any], **extra: Any) -> None:
     """Write {state_dict, info, **extra} to `path` atomically; `info` must hold INFO_KEYS."""
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
         raise ClassifierError(f"checkpoint info lacks {missing}")
-    atomic_save({"state_dict": model.state_dict(), "info": info, **extra}, path)
+    atomic_torch_save({"state_dict": model.state_dict(), "info": info, **extra}, path)
 
 
 INFO_KEYS = ("arch", "num_classes", "classes", "image_size", "mean", "std", "dataset")

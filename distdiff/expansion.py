@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages
+from distdiff.files import atomic_open, atomic_write_text
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import Prototypes
@@ -146,26 +146,8 @@ def append_manifest(path: Path, records: Sequence[dict]) -> None:
 def save_png_atomic(image: torch.Tensor, path: Path) -> None:
     """Write an image [3,H,W] in [0,1] as an 8-bit PNG (rounded as diffusers does), atomically."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
 
 
 def _differences(stored: dict, wanted: dict) -> dict:
@@ -185,7 +167,7 @@ def ensure_run_config(out_dir: Path, config: dict) -> None:
                 raise ExpansionError(f"{out_dir} holds images made with other parameters ({path}); stored vs "
                                      f"requested: {diff}. Use another --output_dir or the same parameters.")
             return
-        _write_json_atomic(config, path)
+        atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def load_or_compute_prototypes(out_dir: Path, metadata: dict, compute: Callable[[dict], Prototypes]) -> Prototypes:

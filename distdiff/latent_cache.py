@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages, dataset_slug
+from distdiff.files import atomic_torch_save
 from distdiff.sampling import StableDiffusion, encode_latent_dist, image_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -49,19 +49,6 @@ def source_fingerprint(dataset: LabeledImages, index: int) -> str:
         return "array:" + hashlib.sha1(np.ascontiguousarray(source).tobytes()).hexdigest()
     stat = os.stat(source)
     return f"file:{os.path.abspath(source)}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def atomic_torch_save(payload, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class LatentCache:

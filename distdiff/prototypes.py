@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from tqdm import tqdm
+
+from distdiff.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +142,7 @@ class Prototypes:
         payload = {"format_version": FORMAT_VERSION, "classes": self.classes.detach().cpu(),
                    "groups": self.groups.detach().cpu(), "group_mask": self.group_mask.detach().cpu(),
                    "metadata": metadata}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Prototypes":

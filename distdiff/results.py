@@ -12,33 +12,22 @@ import math
 import os
 import re
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from distdiff.files import atomic_write_text
 
 RESULTS_NAME = "results.yaml"
 METRICS = ("best_accuracy", "final_accuracy", "val_selected_accuracy")
 SEED_DIR = re.compile(r"seed(\d+)")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_results(path: str | Path, results: dict[str, Any]) -> None:
     """Write a run's results as YAML, atomically."""
     plain = {k: (float(v) if hasattr(v, "dtype") else v) for k, v in results.items()}
-    _atomic_write_text(Path(path), yaml.safe_dump(plain, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(plain, sort_keys=False))
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -132,7 +121,7 @@ def write_csv(summaries: list[dict[str, Any]], path: str | Path, *, root: str | 
             row += ([s["mean"][m], "" if std is None else std, " ".join(f"{v:g}" for v in s["per_seed"][m])]
                     if m in s["mean"] else ["", "", ""])
         writer.writerow(row)
-    _atomic_write_text(Path(path), buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def format_experiment(summary: dict[str, Any]) -> str:

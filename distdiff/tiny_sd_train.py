@@ -17,7 +17,6 @@ from a stage checkpoint continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
+
+from distdiff.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,6 @@ def unet_loss(unet, text_encoder, scheduler, latent_means: torch.Tensor, latent_
     return (weights * per_sample).mean()
 
 
-def _save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_stage(modules: dict[str, torch.nn.Module], loss_fn: Callable[[torch.Generator], torch.Tensor], *,
                 steps: int, lr: float, warmup_steps: int, seed: int, state_path: Path, save_every: int,
                 hyperparameters: dict, ema_max_decay: float | None = None, desc: str = "train") -> float:
@@ -168,7 +162,7 @@ def train_stage(modules: dict[str, torch.nn.Module], loss_fn: Callable[[torch.Ge
         losses.append(loss.item())
         progress.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            _save_atomic({"step": step + 1, "hyperparameters": hyperparameters, "optimizer": optimizer.state_dict(),
+            atomic_torch_save({"step": step + 1, "hyperparameters": hyperparameters, "optimizer": optimizer.state_dict(),
                           "modules": {name: module.state_dict() for name, module in modules.items()},
                           "lr_scheduler": lr_scheduler.state_dict(), "ema": ema.state_dict() if ema else None},
                          state_path)

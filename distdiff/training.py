@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from distdiff.augment import batch_transform
-from distdiff.classifiers import CHECKPOINT_NAME, atomic_save, save_checkpoint
+from distdiff.classifiers import CHECKPOINT_NAME, save_checkpoint
+from distdiff.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def fit(model: nn.Module, *, train_set: Dataset, test_set: Dataset, val_set: Dat
             if _selection_score(row) > best_score:
                 save_checkpoint(output_dir / CHECKPOINT_NAME, unwrapped, info, epoch=row["epoch"],
                                 test_accuracy=row["test_accuracy"], val_accuracy=row["val_accuracy"])
-            atomic_save({"model": unwrapped.state_dict(), "optimizer": optimizer.optimizer.state_dict(),
+            atomic_torch_save({"model": unwrapped.state_dict(), "optimizer": optimizer.optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)},
                         last_path)
             val_text = f" val_acc {row['val_accuracy']:.2f}" if row["val_accuracy"] is not None else ""

@@ -3,7 +3,7 @@ import torch
 
 import distdiff.training as training
 from distdiff.augment import eval_transform, train_transform
-from distdiff.classifiers import CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, build_classifier, load_classifier
+from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, load_classifier
 from distdiff.data import load_dataset
 from distdiff.training import TrainConfig, TrainingError, fit, seed_everything, summarize_history
 
@@ -49,7 +49,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
                 output_dir=tmp_path / "whole", info=_info())
 
     calls = []
-    real_save = training.atomic_save
+    real_save = training.atomic_torch_save
 
     def save_then_crash(obj, path):
         real_save(obj, path)
@@ -57,11 +57,11 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         if len(calls) == 1:
             raise KeyboardInterrupt  # killed right after epoch 1's state was written
 
-    monkeypatch.setattr(training, "atomic_save", save_then_crash)
+    monkeypatch.setattr(training, "atomic_torch_save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         fit(_model(2), train_set=train, test_set=test, val_set=val, config=config,
             output_dir=tmp_path / "broken", info=_info())
-    monkeypatch.setattr(training, "atomic_save", real_save)
+    monkeypatch.setattr(training, "atomic_torch_save", real_save)
     resumed = fit(_model(99), train_set=train, test_set=test, val_set=val, config=config,
                   output_dir=tmp_path / "broken", info=_info())
 

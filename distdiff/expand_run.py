@@ -28,7 +28,8 @@ from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CRO
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"  # SPEC.md: SD v1.4
-MODELS = {"digits": "checkpoint/tiny-sd-digits"}  # offline embedded model (scripts/train_tiny_sd.py)
+# The offline embedded model (scripts/train_tiny_sd.py), found from the repository, not the working directory.
+MODELS = {"digits": str(Path(__file__).resolve().parents[1] / "checkpoint" / "tiny-sd-digits")}
 GUIDE_ARCHS = {"digits": "smallcnn"}  # SPEC.md: the guide is ResNet-50; 32 px digits use the small CNN
 DEFAULT_GUIDE_ARCH = "resnet50"
 GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import expand
+from distdiff import expand_run
 from distdiff.data import LabeledImages, Sample, load_dataset, load_expanded
 from distdiff.expansion import (MANIFEST, MANIFEST_KEYS, ExpansionError, WorkItem, append_manifest,
                                 ensure_run_config, global_shard, load_or_compute_prototypes, pending, read_manifest,
@@ -221,5 +222,7 @@ def test_cli_names_the_command_that_trains_a_missing_guide(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="python train_original.py digits smallcnn 0.1 False 0"):
         expand.main(expand.parse_args(["-d", "digits", "--model", str(tiny_sd_dir)]))
+    # the embedded default model is found from the repository, so point the table at a missing folder
+    monkeypatch.setitem(expand_run.MODELS, "digits", str(tmp_path / "no-tiny-sd"))
     with pytest.raises(SystemExit, match="python scripts/train_tiny_sd.py"):
         expand.main(expand.parse_args(["-d", "digits"]))

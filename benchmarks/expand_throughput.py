@@ -29,10 +29,8 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import diffusers
@@ -47,56 +45,10 @@ from distdiff.prototypes import Prototypes
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, STEPS, STRENGTH, PromptEmbeddings,
                                StableDiffusion, encode_latent_dist, encode_prompts, from_components,
                                generate_batch, image_seed, img2img_start_index)
+from distdiff.files import atomic_write_text
+from distdiff.sd_configs import SD_V1_TEXT_ENCODER, SD_V1_UNET, SD_V1_VAE
 from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tokenizer
 
-# CompVis/stable-diffusion-v1-4 unet/config.json: 859,520,964 parameters.
-SD_V1_UNET = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "act_fn": "silu",
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "center_input_sample": False,
-    "mid_block_scale_factor": 1,
-}
-# CompVis/stable-diffusion-v1-4 vae/config.json (scaling_factor is diffusers' SD v1 value): 83,653,863 parameters.
-SD_V1_VAE = {
-    "sample_size": 512,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "act_fn": "silu",
-    "scaling_factor": 0.18215,
-}
-# CLIP ViT-L/14 text tower, CompVis/stable-diffusion-v1-4 text_encoder/config.json: 123,060,480
-# parameters. Token ids come from the project's offline tokenizer (distdiff.tiny_sd); prompts are
-# padded to 77 tokens either way, so the cost is CLIP's.
-SD_V1_TEXT_ENCODER = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 768,
-    "layer_norm_eps": 1e-5,
-}
 # SD v1's noise schedule as a DDIM scheduler (SPEC.md samples with DDIM).
 SD_V1_SCHEDULER = SCHEDULER_CONFIG
 
@@ -364,19 +316,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    """json.dump to a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line; unset run settings take the chosen scale's defaults."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -446,8 +385,8 @@ def main(args: argparse.Namespace) -> dict:
     result["summary"]["torch_threads"] = torch.get_num_threads()
     print(f"peak memory: {result['memory_measure']}")
     if args.output_json:
-        write_json_atomic({"command": sys.argv, "args": vars(args), "machine": machine_info(device), **result},
-                          Path(args.output_json))
+        record = {"command": sys.argv, "args": vars(args), "machine": machine_info(device), **result}
+        atomic_write_text(args.output_json, json.dumps(record, indent=2))
     print(json.dumps(result["summary"]))
     return result
 

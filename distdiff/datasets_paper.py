@@ -87,6 +87,15 @@ def _per_class_subset(labels: np.ndarray, classes: list[str], per_class: int, *,
     return np.sort(np.concatenate(chosen)), np.sort(np.concatenate(rest))
 
 
+def _array_split(images: np.ndarray, labels: np.ndarray, classes: list[str], split: str, *, per_class: int,
+                 name: str, stem: str, section: str) -> LabeledImages:
+    """In-memory images [N,H,W,3]: the whole test split, or `per_class` seeded train images per class."""
+    chosen = (np.arange(len(labels)) if split == "test" else
+              _per_class_subset(labels, classes, per_class, name=name, section=section)[0])
+    samples = [Sample(np.ascontiguousarray(images[i]), int(labels[i]), f"{stem}_{split}_{i:05d}") for i in chosen]
+    return LabeledImages(samples, classes, DEFAULT_PROMPT, name=name)
+
+
 # torchvision datasets keep their file lists in private attributes (_samples, _image_files,
 # _images); requirements.txt pins the torchvision version these loaders are tested with.
 
@@ -154,11 +163,8 @@ def load_cifar100_subset(root: Path, split: str) -> LabeledImages:
     except (KeyError, ValueError) as err:
         raise DatasetError(f"{folder} is malformed ({err!r}); expected layout {layout} "
                            f"(see INSTALL.md, section '{CIFAR_SECTION}').") from err
-    chosen = (np.arange(len(labels)) if split == "test" else
-              _per_class_subset(labels, classes, CIFAR_TRAIN_PER_CLASS, name="cifar100-subset",
-                                section=CIFAR_SECTION)[0])
-    samples = [Sample(np.ascontiguousarray(images[i]), int(labels[i]), f"cifar100_{split}_{i:05d}") for i in chosen]
-    return LabeledImages(samples, classes, DEFAULT_PROMPT, name="cifar100-subset")
+    return _array_split(images, labels, classes, split, per_class=CIFAR_TRAIN_PER_CLASS, name="cifar100-subset",
+                        stem="cifar100", section=CIFAR_SECTION)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,11 +324,8 @@ def load_pathmnist(root: Path, split: str) -> LabeledImages:
     except (KeyError, ValueError, OSError) as err:
         raise DatasetError(f"{path} is malformed ({err!r}); expected {layout} "
                            f"(see INSTALL.md, section '{PATHMNIST_SECTION}').") from err
-    chosen = (np.arange(len(labels)) if split == "test" else
-              _per_class_subset(labels, PATHMNIST_CLASSES, PATHMNIST_TRAIN_PER_CLASS, name="pathmnist",
-                                section=PATHMNIST_SECTION)[0])
-    samples = [Sample(np.ascontiguousarray(images[i]), int(labels[i]), f"pathmnist_{split}_{i:05d}") for i in chosen]
-    return LabeledImages(samples, list(PATHMNIST_CLASSES), DEFAULT_PROMPT, name="pathmnist")
+    return _array_split(images, labels, list(PATHMNIST_CLASSES), split, per_class=PATHMNIST_TRAIN_PER_CLASS,
+                        name="pathmnist", stem="pathmnist", section=PATHMNIST_SECTION)
 
 
 PAPER_DATASETS: dict[str, Callable[[Path, str], LabeledImages]] = {

@@ -54,12 +54,17 @@ class StableDiffusion:
 
     @property
     def default_resolution(self) -> int:
-        """unet.config.sample_size * VAE scale factor, as diffusers' SD pipelines compute it (512 for SD v1.4)."""
-        return self.unet.config.sample_size * self.vae_scale_factor
+        """Image side in pixels this model generates by default (512 for SD v1.4)."""
+        return default_resolution(self.unet, self.vae)
 
     @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
+
+
+def default_resolution(unet: UNet2DConditionModel, vae: AutoencoderKL) -> int:
+    """unet.config.sample_size * VAE scale factor, as diffusers' SD pipelines compute it."""
+    return unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def resolve_dtype(precision: str, device: torch.device | str) -> torch.dtype:

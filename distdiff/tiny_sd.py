@@ -173,11 +173,6 @@ def build_tiny_sd(*, seed: int = 0, preset: str = "tiny") -> dict:
             "scheduler": DDIMScheduler(**SCHEDULER_CONFIG)}
 
 
-def default_resolution(unet: UNet2DConditionModel, vae: AutoencoderKL) -> int:
-    """Image side in pixels that a model generates by default (as diffusers' SD pipelines compute it)."""
-    return unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def write_bpe_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
     """Write vocab.json and merges.txt (CLIP's files, read by older transformers) next to tokenizer.json."""
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]

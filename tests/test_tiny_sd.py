@@ -12,8 +12,9 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipel
                        UNet2DConditionModel)
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from distdiff.sampling import default_resolution
 from distdiff.tiny_sd import (MODEL_MAX_LENGTH, SCHEDULER_CONFIG, VOCAB_WORDS, build_tiny_sd, build_tokenizer,
-                              default_resolution, load_tiny_sd, save_tiny_sd)
+                              load_tiny_sd, save_tiny_sd)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGIT_PROMPTS = [f"a photo of the digit {d}." for d in range(10)]

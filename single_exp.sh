@@ -22,11 +22,12 @@ fi
 case "$NUM_GPUS" in ''|*[!0-9]*|0) echo "NUM_GPUS must be a positive integer, got '$NUM_GPUS'" >&2; exit 2;; esac
 case "$COPIES" in ''|*[!0-9]*|0) echo "COPIES must be a positive integer, got '$COPIES'" >&2; exit 2;; esac
 
-LR=0.1          # SPEC.md: lr 0.1, from scratch
+LR=0.1          # the paper's lr 0.1, from scratch (docs/METHOD.md#defaults)
 PRETRAINED=False
 EXP=distdiff_${COPIES}x
 SLUG=$(python -c "import sys; from distdiff.data import dataset_slug; print(dataset_slug(sys.argv[1]))" "$DATASET")
-GUIDE=checkpoint/$SLUG/${BACKBONE}_unpretrained_lr$LR/seed1/model_best.pth.tar
+# Seed 1 of step 1 is the guide; train_original.py says where it writes it.
+GUIDE=$(python train_original.py "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 --seed 1 --print_checkpoint)
 # digits has its own val split, so its runs also report the test accuracy at the best validation
 # epoch at no cost to the 10-shot train split; the paper's datasets keep the paper's protocol.
 TRAIN_FLAGS=""

@@ -14,7 +14,7 @@ import sys
 
 from distdiff.classifiers import ClassifierError
 from distdiff.data import DatasetError
-from distdiff.experiment import add_train_arguments, run_training
+from distdiff.experiment import add_train_arguments, checkpoint_path, run_training
 from distdiff.training import TrainingError
 
 
@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict | None:
+    if args.print_checkpoint:
+        print(checkpoint_path(args))
+        return None
     try:
         return run_training(args)
     except (DatasetError, ClassifierError, TrainingError) as err:

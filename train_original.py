@@ -5,7 +5,9 @@
 
 Writes checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/seed<N>/ with
 model_best.pth.tar, log.txt and results.yaml; rerunning resumes an unfinished run and skips a
-finished one (--overwrite reruns it).
+finished one (--overwrite reruns it). --print_checkpoint prints the model_best.pth.tar path of
+the run the arguments describe and exits: seed 1 with LR 0.1, PRETRAINED False is expand.py's
+default guide, and the shell scripts find it this way.
 """
 
 import argparse
@@ -14,7 +16,7 @@ import sys
 
 from distdiff.classifiers import ClassifierError
 from distdiff.data import DatasetError
-from distdiff.experiment import add_train_arguments, run_training
+from distdiff.experiment import add_train_arguments, checkpoint_path, run_training
 from distdiff.training import TrainingError
 
 
@@ -25,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict | None:
+    if args.print_checkpoint:
+        print(checkpoint_path(args))
+        return None
     try:
         return run_training(args)
     except (DatasetError, ClassifierError, TrainingError) as err:

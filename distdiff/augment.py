@@ -1,9 +1,10 @@
 """Image transforms: the evaluation transform, the paper's training recipe and the `--augment` table.
 
-The training recipe (SPEC.md: Resize 256, RandomRotation 15, RandomCrop 224, flip) is written for
-224-pixel images and scaled here to any image size S. Every `--augment` option adds to it: image
-level ones (AutoAugment, RandAugment, AugMix, RandomErasing, GridMask) act per image in the
-dataset transform, batch level ones (MixUp, CutMix) act on a whole batch in the training loop and
+The paper's training recipe (Resize 256, RandomRotation 15, RandomCrop 224, flip;
+docs/METHOD.md#defaults) is written for 224-pixel images and scaled here to any image size S
+(each dataset's S and flip default are in its distdiff.registry entry). Every `--augment`
+option adds to it: image level ones (AutoAugment, RandAugment, AugMix, RandomErasing, GridMask)
+act per image in the dataset transform, batch level ones (MixUp, CutMix) act on a whole batch in the training loop and
 produce soft labels. `batch_transform` always returns [B, C] probability targets so the loss
 is the same soft-target cross entropy for every option.
 """
@@ -18,27 +19,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-RESIZE_RATIO = 256 / 224  # SPEC.md: Resize 256 then RandomCrop 224
-ROTATION_DEGREES = 15  # SPEC.md: RandomRotation 15
-
-
-@dataclass(frozen=True)
-class DatasetDefaults:
-    """Per-dataset training defaults the command line can override."""
-
-    image_size: int = 224  # SPEC.md: RandomCrop 224 / guide features at 224
-    flip: bool = True  # SPEC.md: horizontal flip
-
-
-# Digits are 32-pixel images (data.DIGITS_SIZE) and a mirrored digit is another (or no) digit.
-DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
-    "digits": DatasetDefaults(image_size=32, flip=False),
-}
-
-
-def dataset_defaults(name: str) -> DatasetDefaults:
-    """Training defaults for dataset `name` (the paper's 224 px with flips unless listed)."""
-    return DATASET_DEFAULTS.get(name, DatasetDefaults())
+RESIZE_RATIO = 256 / 224  # the paper's Resize 256 then RandomCrop 224 (docs/METHOD.md#defaults)
+ROTATION_DEGREES = 15  # the paper's RandomRotation 15
 
 
 def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
@@ -88,7 +70,8 @@ class Augment:
     batch_op: Callable[[int], Callable] | None = None  # num_classes -> v2 batch transform
 
 
-# SPEC.md, "Transformation baselines"; each op uses torchvision's defaults (GridMask: its paper's).
+# The paper's transformation baselines (docs/METHOD.md#defaults); each op uses torchvision's
+# defaults (GridMask: its paper's).
 AUGMENTS: dict[str, Augment] = {
     "default": Augment(),
     "autoaugment": Augment(image_ops=lambda: [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]),

@@ -1,8 +1,9 @@
-"""Datasets: one registry mapping a dataset name to a loader of labelled image splits.
+"""Labelled image sets and the loaders that need no download: digits, imagefolder:PATH, synthetic images.
 
 Every loader returns a `LabeledImages` holding samples (an image file path or an in-memory
-uint8 array, a label, a unique stem), the class names and the prompt template used for
-expansion. `load_dataset(name, split)` is the only entry point the scripts use.
+uint8 array, a label, a unique stem) and the class names. Which loader, prompt template and
+defaults a dataset name stands for is distdiff.registry's job; `registry.load_dataset(name,
+split)` is the entry point the scripts use.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-DEFAULT_PROMPT = "a photo of a {}."  # SPEC.md, "Pipeline" step 3
-SPLITS = ("train", "val", "test", "pool")
+DEFAULT_PROMPT = "a photo of a {}."  # the paper's class prompt (docs/METHOD.md#pipeline)
+SPLITS = ("train", "val", "test", "pool")  # pool: digits only, the tiny SD's training images
 
 
 class DatasetError(ValueError):
@@ -96,9 +97,9 @@ class LabeledImages(torch.utils.data.Dataset):
 # digits: scikit-learn's bundled 8x8 handwritten digits, the embedded offline default.
 
 DIGITS_SIZE = 32  # 8x8 upscaled so standard conv nets and the tiny SD's VAE can downsample it
-# Per class, after a fixed shuffle: the first 10 images train (few-shot, as issue 2 asks), the
-# next 10 validate, the next 60 test, and the rest (about 100 per class) form the generator pool
-# that only the embedded diffusion model is trained on.
+# Per class, after a fixed shuffle: the first 10 images train (few-shot, like the paper's small
+# training sets, docs/METHOD.md#datasets), the next 10 validate, the next 60 test, and the rest
+# (about 100 per class) form the generator pool that only the embedded diffusion model is trained on.
 DIGITS_SPLIT_SIZES = {"train": 10, "val": 10, "test": 60}
 DIGITS_SEED = 0
 
@@ -138,7 +139,7 @@ def load_digits_split(root: str | Path, split: str) -> LabeledImages:
     """The embedded digits dataset (no files needed; `root` is unused)."""
     images, labels = _digits_arrays()
     samples = [Sample(images[i], int(labels[i]), f"digit_{i:04d}") for i in digits_split_indices(split)]
-    return LabeledImages(samples, [str(d) for d in range(10)], "a photo of the digit {}.", name="digits")
+    return LabeledImages(samples, [str(d) for d in range(10)], name="digits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def load_imagefolder(path: str | Path, split: str) -> LabeledImages:
     _, classes = scan_class_folders(path / "train", layout=IMAGEFOLDER_LAYOUT, section="Your own dataset")
     samples, classes = scan_class_folders(path / split, classes, layout=IMAGEFOLDER_LAYOUT,
                                           section="Your own dataset")
-    return LabeledImages(samples, classes, DEFAULT_PROMPT, name=f"imagefolder:{path}")
+    return LabeledImages(samples, classes, name=f"imagefolder:{path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,39 +231,6 @@ def load_expanded(expanded_dir: str | Path, classes: list[str], *, prompt_templa
     return LabeledImages(samples, list(classes), prompt_template, name=f"expanded:{expanded_dir}")
 
 
-# ---------------------------------------------------------------------------------------------
-# The registry. Each loader takes (root, split); paper datasets read `root/<their folder>`.
-
-DATASETS: dict[str, Callable[[Path, str], LabeledImages]] = {
-    "digits": load_digits_split,
-}
-
-
-def dataset_has_split(name: str, split: str, root: str | Path = "data") -> bool:
-    """Whether `load_dataset(name, split)` would find that split (used to pick a validation source)."""
-    try:
-        load_dataset(name, split, root=root)
-    except DatasetError:
-        return False
-    return True
-
-
-def load_dataset(name: str, split: str, *, root: str | Path = "data", transform: Callable | None = None
-                 ) -> LabeledImages:
-    """Load split `split` of dataset `name` ('digits', 'imagefolder:PATH' or a registered name)."""
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split '{split}'; choose one of {SPLITS}.")
-    if name.startswith("imagefolder:"):
-        dataset = load_imagefolder(name.split(":", 1)[1], split)
-    elif name in DATASETS:
-        dataset = DATASETS[name](Path(root), split)
-    else:
-        raise DatasetError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)} or imagefolder:PATH.")
-    dataset.transform = transform
-    logger.info("loaded %s/%s: %d images, %d classes", name, split, len(dataset), len(dataset.classes))
-    return dataset
-
-
 def dataset_slug(name: str) -> str:
     """A folder-safe name for a dataset ('imagefolder:/x/pets' -> 'pets')."""
     if name.startswith("imagefolder:"):
@@ -284,6 +252,3 @@ def holdout(dataset: LabeledImages, fraction: float, *, seed: int = 0) -> tuple[
         train_idx.extend(members[n_val:].tolist())
     return dataset.subset(sorted(train_idx)), dataset.subset(sorted(val_idx))
 
-
-# Registers the paper datasets into DATASETS; imported last because that module builds on this one.
-from distdiff import datasets_paper  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """The paper's datasets, read from their usual download layouts under `root` (default data/).
 
-Each loader takes (root, split) and is registered into `distdiff.data.DATASETS`, the one registry.
+Each loader takes (root, split); distdiff.registry names them, one entry per dataset.
 Splits are the paper's train/test (Flowers102 also has its official val); the scripts hold out
 part of train for validation where a dataset has no val split. Class names are readable (they
 become prompts and synthetic-image folder names) and stems are unique across the whole split.
@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 from torchvision import datasets as tvd
 
-from distdiff.data import DATASETS, DEFAULT_PROMPT, DatasetError, LabeledImages, Sample, scan_class_folders
+from distdiff.data import DatasetError, LabeledImages, Sample, scan_class_folders
 
 SUBSET_SEED = 0  # fixes which images form the paper's per-class training subsets
 
@@ -93,7 +92,7 @@ def _array_split(images: np.ndarray, labels: np.ndarray, classes: list[str], spl
     chosen = (np.arange(len(labels)) if split == "test" else
               _per_class_subset(labels, classes, per_class, name=name, section=section)[0])
     samples = [Sample(np.ascontiguousarray(images[i]), int(labels[i]), f"{stem}_{split}_{i:05d}") for i in chosen]
-    return LabeledImages(samples, classes, DEFAULT_PROMPT, name=name)
+    return LabeledImages(samples, classes, name=name)
 
 
 # torchvision datasets keep their file lists in private attributes (_samples, _image_files,
@@ -109,7 +108,7 @@ CALTECH_LAYOUT = "<root>/caltech101/101_ObjectCategories/<category>/image_XXXX.j
 # Faces cropped tighter (the usual few-shot protocol, e.g. CoOp's Caltech101 split).
 CALTECH_DROPPED = ("BACKGROUND_Google", "Faces_easy")
 CALTECH_RENAMED = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
-CALTECH_TRAIN_PER_CLASS = 30  # SPEC.md: Caltech-101 3000 train images, 30 per class
+CALTECH_TRAIN_PER_CLASS = 30  # paper: 3000 train images, 30 per class (docs/METHOD.md#datasets)
 
 
 def load_caltech101(root: Path, split: str) -> LabeledImages:
@@ -128,7 +127,7 @@ def load_caltech101(root: Path, split: str) -> LabeledImages:
                                     section=CALTECH_SECTION, min_rest=1)
     chosen = train if split == "train" else test
     classes = [CALTECH_RENAMED.get(f, f).replace("_", " ") for f in kept]
-    return LabeledImages([samples[i] for i in chosen], classes, DEFAULT_PROMPT, name="caltech-101")
+    return LabeledImages([samples[i] for i in chosen], classes, name="caltech-101")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +136,7 @@ def load_caltech101(root: Path, split: str) -> LabeledImages:
 
 CIFAR_SECTION = "CIFAR100-Subset"
 CIFAR_LAYOUT = "<root>/cifar-100-python/{train,test,meta} (the python version of CIFAR-100, unpacked)"
-CIFAR_TRAIN_PER_CLASS = 100  # SPEC.md: CIFAR100-Subset 10000 train images, 100 per class
+CIFAR_TRAIN_PER_CLASS = 100  # paper: 10000 train images, 100 per class (docs/METHOD.md#datasets)
 
 
 def _unpickle(path: Path, layout: str) -> dict:
@@ -183,7 +182,7 @@ def load_stanford_cars(root: Path, split: str) -> LabeledImages:
     cars = _torchvision(tvd.StanfordCars, root, layout=layout, section=CARS_SECTION, split=split)
     samples = _listed([Sample(path, int(label), Path(path).stem) for path, label in cars._samples],
                       layout=layout, section=CARS_SECTION)
-    return LabeledImages(samples, _folder_safe(list(cars.classes)), DEFAULT_PROMPT, name="stanford_cars")
+    return LabeledImages(samples, _folder_safe(list(cars.classes)), name="stanford_cars")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +191,8 @@ def load_stanford_cars(root: Path, split: str) -> LabeledImages:
 
 DTD_SECTION = "DTD"
 DTD_LAYOUT = "<root>/dtd/dtd/images/<texture>/<image>.jpg and <root>/dtd/dtd/labels/{train,val,test}1.txt"
-DTD_PROMPT = "{} texture."  # SPEC.md: "{class} texture." for DTD
-# SPEC.md: DTD 3760 train / 1880 test = partition 1's train+val / test lists.
+# The paper's DTD split, 3760 train / 1880 test, is partition 1's train+val / test lists
+# (docs/METHOD.md#datasets).
 DTD_SPLIT_LISTS = {"train": ("train", "val"), "test": ("test",)}
 
 
@@ -212,7 +211,7 @@ def load_dtd(root: Path, split: str) -> LabeledImages:
                 raise DatasetError(f"{dtd._meta_folder / f'{part}1.txt'} lists {path}, whose class folder does not "
                                    f"exist (see INSTALL.md, section '{DTD_SECTION}').")
             samples.append(Sample(str(path), classes.index(path.parent.name), path.stem))
-    return LabeledImages(_listed(samples, layout=layout, section=DTD_SECTION), classes, DTD_PROMPT, name="dtd")
+    return LabeledImages(_listed(samples, layout=layout, section=DTD_SECTION), classes, name="dtd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +242,7 @@ def load_oxford_flowers(root: Path, split: str) -> LabeledImages:
         path = folder / "jpg" / f"image_{int(image_id):05d}.jpg"
         samples.append(Sample(str(path), int(labels[int(image_id) - 1]), path.stem))
     return LabeledImages(_listed(samples, layout=layout, section=FLOWERS_SECTION), list(tvd.Flowers102.classes),
-                         DEFAULT_PROMPT, name="oxford_flowers")
+                         name="oxford_flowers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +263,7 @@ def load_oxford_pets(root: Path, split: str) -> LabeledImages:
     pets = _torchvision(tvd.OxfordIIITPet, root, layout=layout, section=PETS_SECTION, split=PETS_SPLITS[split])
     samples = _listed([Sample(str(path), int(label), path.stem) for path, label in zip(pets._images, pets._labels)],
                       layout=layout, section=PETS_SECTION)
-    return LabeledImages(samples, list(classes), DEFAULT_PROMPT, name="oxford_pets")
+    return LabeledImages(samples, list(classes), name="oxford_pets")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +272,7 @@ def load_oxford_pets(root: Path, split: str) -> LabeledImages:
 IMAGENETTE_SECTION = "ImageNette"
 IMAGENETTE_LAYOUT = "<root>/imagenette2/{train,val}/<wnid>/<image>.JPEG (or <root>/imagenette2-320/, imagenette2-160/)"
 IMAGENETTE_SIZES = {"imagenette2": "full", "imagenette2-320": "320px", "imagenette2-160": "160px"}  # first found wins
-IMAGENETTE_SPLITS = {"train": "train", "test": "val"}  # SPEC.md: 9469 train / 3925 test
+IMAGENETTE_SPLITS = {"train": "train", "test": "val"}  # paper: 9469 train / 3925 test (docs/METHOD.md#datasets)
 
 
 def load_imagenette(root: Path, split: str) -> LabeledImages:
@@ -297,7 +296,7 @@ def load_imagenette(root: Path, split: str) -> LabeledImages:
                            f"(see INSTALL.md, section '{IMAGENETTE_SECTION}').")
     samples = [Sample(path, train.wnids.index(Path(path).parent.name), Path(path).stem) for path, _ in nette._samples]
     classes = [names[0] for names in train.classes]
-    return LabeledImages(samples, classes, DEFAULT_PROMPT, name="imagenette")
+    return LabeledImages(samples, classes, name="imagenette")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +304,7 @@ def load_imagenette(root: Path, split: str) -> LabeledImages:
 
 PATHMNIST_SECTION = "PathMNIST"
 PATHMNIST_LAYOUT = "<root>/pathmnist.npz (MedMNIST v2; arrays train_images, train_labels, test_images, test_labels)"
-PATHMNIST_TRAIN_PER_CLASS = 100  # SPEC.md: PathMNIST 900 train images, 100 per class
+PATHMNIST_TRAIN_PER_CLASS = 100  # paper: 900 train images, 100 per class (docs/METHOD.md#datasets)
 PATHMNIST_CLASSES = ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
                      "normal colon mucosa", "cancer-associated stroma",
                      "colorectal adenocarcinoma epithelium"]  # medmnist.INFO["pathmnist"]["label"]
@@ -327,15 +326,3 @@ def load_pathmnist(root: Path, split: str) -> LabeledImages:
     return _array_split(images, labels, list(PATHMNIST_CLASSES), split, per_class=PATHMNIST_TRAIN_PER_CLASS,
                         name="pathmnist", stem="pathmnist", section=PATHMNIST_SECTION)
 
-
-PAPER_DATASETS: dict[str, Callable[[Path, str], LabeledImages]] = {
-    "caltech-101": load_caltech101,
-    "cifar100-subset": load_cifar100_subset,
-    "stanford_cars": load_stanford_cars,
-    "dtd": load_dtd,
-    "oxford_flowers": load_oxford_flowers,
-    "oxford_pets": load_oxford_pets,
-    "imagenette": load_imagenette,
-    "pathmnist": load_pathmnist,
-}
-DATASETS.update(PAPER_DATASETS)

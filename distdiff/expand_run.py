@@ -18,20 +18,17 @@ from accelerate import PartialState
 from distdiff import expansion
 from distdiff.augment import eval_transform
 from distdiff.classifiers import ClassifierError, load_classifier
-from distdiff.data import DatasetError, dataset_slug, load_dataset
+from distdiff.data import DatasetError, dataset_slug
+from distdiff.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
+from distdiff.registry import dataset_spec, load_dataset
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, STEPS, STRENGTH,
                                encode_prompts, img2img_start_index, load_stable_diffusion)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"  # SPEC.md: SD v1.4
-# The offline embedded model (scripts/train_tiny_sd.py), found from the repository, not the working directory.
-MODELS = {"digits": str(Path(__file__).resolve().parents[1] / "checkpoint" / "tiny-sd-digits")}
-GUIDE_ARCHS = {"digits": "smallcnn"}  # SPEC.md: the guide is ResNet-50; 32 px digits use the small CNN
-DEFAULT_GUIDE_ARCH = "resnet50"
 GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",
             "transform_guidance": "transform", "direct_guidance": "direct"}  # the paper's --guidance_type values
 EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd"}
@@ -48,12 +45,13 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     """expand.py's flags (the paper's names as aliases) with SPEC.md defaults."""
     p.add_argument("-d", "--dataset", required=True, help="digits, imagefolder:PATH or a registered dataset")
     p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", default=None,
-                   help=f"SD hub id or local diffusers folder (default: {MODELS} else {DEFAULT_MODEL})")
+                   help="SD hub id or local diffusers folder (default: the dataset's registry entry, "
+                        "distdiff/registry.py: SD v1.4, the embedded tiny SD for digits)")
     p.add_argument("-a", "--guide_arch", "--arch", dest="guide_arch", default=None,
-                   help=f"guide architecture (default: {GUIDE_ARCHS} else {DEFAULT_GUIDE_ARCH})")
+                   help="guide architecture (default: the dataset's registry entry: resnet50, smallcnn for digits)")
     p.add_argument("--guide_checkpoint", "--encoder_weight_path", dest="guide_checkpoint", default=None,
-                   help="guide model_best.pth.tar (default: checkpoint/<dataset>/<arch>_unpretrained_lr0.1/"
-                        "seed1/model_best.pth.tar, what train_original.py writes)")
+                   help="guide model_best.pth.tar (default: what `train_original.py DATASET ARCH 0.1 False 0` "
+                        "writes; that command with --print_checkpoint prints it)")
     p.add_argument("--output_dir", default=None, help="default: expanded/<dataset>/<distdiff|sd|...>_<N>x")
     p.add_argument("--num_images_per_prompt", type=int, default=NUM_IMAGES_PER_PROMPT, help="copies per image")
     p.add_argument("--strength", type=float, default=STRENGTH, help="img2img strength in (0, 1]")
@@ -136,22 +134,23 @@ def resolve_paths(args: argparse.Namespace) -> None:
     """Fill the per-dataset defaults of --model, -a, --guide_checkpoint, --output_dir and --cache_dir."""
     slug = dataset_slug(args.dataset)
     guidance = GUIDANCE[args.guidance]
+    spec = dataset_spec(args.dataset)
     if args.model is None:
-        args.model = MODELS.get(args.dataset, DEFAULT_MODEL)
-        if args.dataset in MODELS and not Path(args.model).is_dir():
+        args.model = spec.sd_model
+        if Path(args.model).is_absolute() and not Path(args.model).is_dir():
             raise expansion.ExpansionError(f"the default model for {args.dataset}, {args.model}, does not exist; "
                                            f"train it with `python scripts/train_tiny_sd.py --output_dir {args.model}` "
                                            f"or pass --model.")
-    args.guide_arch = args.guide_arch or GUIDE_ARCHS.get(args.dataset, DEFAULT_GUIDE_ARCH)
+    args.guide_arch = args.guide_arch or spec.guide_arch
     args.guide_given = args.guide_checkpoint is not None
+    default_guide = guide_checkpoint(args.dataset, args.guide_arch)
     if args.guide_checkpoint is None:
-        args.guide_checkpoint = str(Path("checkpoint") / slug / f"{args.guide_arch}_unpretrained_lr0.1" / "seed1"
-                                    / "model_best.pth.tar")
+        args.guide_checkpoint = str(default_guide)
     if not Path(args.guide_checkpoint).is_file() and (guidance != "none" or args.guide_given):
         raise expansion.ExpansionError(
             f"guide checkpoint {args.guide_checkpoint} not found. Train the guide with `python train_original.py "
-            f"{args.dataset} {args.guide_arch} 0.1 False 0` (writes checkpoint/{slug}/{args.guide_arch}_unpretrained_"
-            f"lr0.1/seed1/model_best.pth.tar) or pass --guide_checkpoint.")
+            f"{args.dataset} {args.guide_arch} {GUIDE_LR:g} False 0` (writes {default_guide}) "
+            f"or pass --guide_checkpoint.")
     args.output_dir = args.output_dir or str(Path("expanded") / slug /
                                              f"{EXPERIMENT_NAMES[guidance]}_{args.num_images_per_prompt}x")
     args.cache_dir = args.cache_dir or str(Path(args.data_root) / "latent_cache")

@@ -19,8 +19,9 @@ from accelerate import Accelerator
 from torch.utils.data import ConcatDataset
 
 from distdiff import data
-from distdiff.augment import AUGMENTS, dataset_defaults, eval_transform, train_transform
+from distdiff.augment import AUGMENTS, eval_transform, train_transform
 from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, build_classifier
+from distdiff.registry import dataset_has_split, dataset_spec, load_dataset
 from distdiff.results import RESULTS_NAME, write_results
 from distdiff.training import LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, fit, seed_everything
 
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_VAL_FRACTION = 0.1  # our choice: the paper has no validation split
 EXPANDED_ROOT = "expanded"  # train_expand.py reads expanded/<dataset_slug>/<EXP>/ unless --expanded_dir
 MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's choices
+# The guide expand.py uses by default is the run `train_original.py DATASET ARCH 0.1 False 0` writes:
+# the paper's guide is trained from scratch with lr 0.1 (docs/METHOD.md#defaults), seed 1 of 1 2 3.
+GUIDE_LR = 0.1
+GUIDE_SEED = 1
 
 
 def parse_pretrained(text: str) -> bool:
@@ -78,14 +83,16 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     if expand:
         parser.add_argument("--expanded_dir", default=None,
                             help=f"synthetic images <dir>/<class>/*.png (default {EXPANDED_ROOT}/<dataset_slug>/<EXP>)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="SPEC.md: 100")
-    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="SPEC.md: 64")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="paper: 100 (docs/METHOD.md#defaults)")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="paper: 64")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the paper averages seeds 1 2 3")
-    parser.add_argument("--image_size", type=int, default=None, help="default: 224 (SPEC.md), 32 for digits")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="default: the dataset's registry entry (the paper's 224, 32 for digits)")
     parser.add_argument("--augment", choices=sorted(AUGMENTS), default="default", help="extra augmentation")
     flip = parser.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
-    flip.add_argument("--no_flip", dest="flip", action="store_false", help="no flips (default for digits)")
+    flip.add_argument("--no_flip", dest="flip", action="store_false",
+                      help="no flips (the default where the dataset's registry entry says so: digits)")
     parser.add_argument("--validation", action="store_true",
                         help="report test accuracy at the best validation epoch (dataset's val split, else "
                              "--val_fraction of train)")
@@ -98,6 +105,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     parser.add_argument("--num_workers", type=int, default=defaults.num_workers, help="DataLoader workers")
     parser.add_argument("--pretrained_path", default=None, help="local ImageNet weight file for PRETRAINED True")
     parser.add_argument("--overwrite", action="store_true", help="rerun a finished run from scratch")
+    parser.add_argument("--print_checkpoint", action="store_true",
+                        help="print the path of this run's model_best.pth.tar and exit (shell scripts use it to "
+                             "find the guide)")
 
 
 def run_name(arch: str, pretrained: bool, lr: float, augment: str) -> str:
@@ -106,12 +116,36 @@ def run_name(arch: str, pretrained: bool, lr: float, augment: str) -> str:
     return name if augment == "default" else f"{name}_{augment}"
 
 
+def run_path(*, output_root: str | Path, dataset: str, arch: str, pretrained: bool, lr: float, seed: int,
+             augment: str = "default", exp: str | None = None) -> Path:
+    """The seed folder of a run (see the module docstring); the one place that spells the layout."""
+    root = Path(output_root) / data.dataset_slug(dataset)
+    if exp:
+        root = root / exp
+    return root / run_name(arch, pretrained, lr, augment) / f"seed{seed}"
+
+
 def run_dir(args: argparse.Namespace) -> Path:
-    """The seed folder of this run (see the module docstring)."""
-    root = Path(args.output_root) / data.dataset_slug(args.dataset)
-    if getattr(args, "exp", None):
-        root = root / args.exp
-    return root / run_name(args.arch, args.pretrained, args.lr, args.augment) / f"seed{args.seed}"
+    """The seed folder of the run the scripts' arguments describe."""
+    return run_path(output_root=args.output_root, dataset=args.dataset, arch=args.arch, pretrained=args.pretrained,
+                    lr=args.lr, seed=args.seed, augment=args.augment, exp=getattr(args, "exp", None))
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The model_best.pth.tar the scripts' arguments write (what --print_checkpoint prints)."""
+    return run_dir(args) / CHECKPOINT_NAME
+
+
+def guide_checkpoint(dataset: str, arch: str, *, output_root: str | Path = "checkpoint") -> Path:
+    """expand.py's default guide: what `train_original.py DATASET ARCH 0.1 False 0` writes."""
+    return run_path(output_root=output_root, dataset=dataset, arch=arch, pretrained=False, lr=GUIDE_LR,
+                    seed=GUIDE_SEED) / CHECKPOINT_NAME
+
+
+def image_settings(args: argparse.Namespace) -> tuple[int, bool]:
+    """(image size, flip) of a run: the flags where given, else the dataset's registry entry."""
+    spec = dataset_spec(args.dataset)
+    return args.image_size or spec.image_size, spec.flip if args.flip is None else args.flip
 
 
 def configure_gpu(gpu: str) -> str:
@@ -147,12 +181,12 @@ def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expande
                   ) -> dict[str, Any]:
     """Transformed train (original [+ synthetic]), val (or None) and test sets, and their sizes."""
     name, root = args.dataset, args.data_root
-    train = data.load_dataset(name, "train", root=root)
-    test = data.load_dataset(name, "test", root=root)
+    train = load_dataset(name, "train", root=root)
+    test = load_dataset(name, "test", root=root)
     val, val_source = None, None
     if args.validation:
-        if args.val_fraction is None and data.dataset_has_split(name, "val", root):
-            val, val_source = data.load_dataset(name, "val", root=root), "val split"
+        if args.val_fraction is None and dataset_has_split(name, "val", root):
+            val, val_source = load_dataset(name, "val", root=root), "val split"
         else:
             fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
             train, val = data.holdout(train, fraction, seed=0)
@@ -195,9 +229,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     expanded_dir = None
     if getattr(args, "exp", None):
         expanded_dir = args.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(args.dataset) / args.exp
-    defaults = dataset_defaults(args.dataset)
-    image_size = args.image_size or defaults.image_size
-    flip = defaults.flip if args.flip is None else args.flip
+    image_size, flip = image_settings(args)
     run_data = load_run_data(args, image_size, flip, expanded_dir)
 
     logger.info(configure_gpu(args.gpu))

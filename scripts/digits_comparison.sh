@@ -1,5 +1,5 @@
 #!/bin/sh
-# The paper's comparison at small scale (issue 4): digits few-shot (10 images per class), smallcnn
+# The paper's comparison (paper Sec. 4) at small scale: digits few-shot (10 images per class), smallcnn
 # from scratch with the paper's recipe, seeds 1 2 3 each:
 #   original only | AutoAugment | SD img2img without guidance (5x) |
 #   DistDiff class energy only | group energy only | class + group (5x each)
@@ -11,7 +11,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ARCH=smallcnn; LR=0.1; COPIES=5
 TRAIN_FLAGS="--validation"
-GUIDE=checkpoint/digits/${ARCH}_unpretrained_lr$LR/seed1/model_best.pth.tar
+GUIDE=$(python train_original.py digits $ARCH $LR False 0 --seed 1 --print_checkpoint)
 
 echo "== original data (seed 1 is also the guide) and AutoAugment"
 bash scripts/exps/train_original.sh digits $ARCH $LR False 0 $TRAIN_FLAGS

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from distdiff.data import load_dataset
+from distdiff.registry import load_dataset
 from distdiff.tiny_sd import PixelJudge, label_fidelity
 
 

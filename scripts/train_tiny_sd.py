@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from distdiff.data import load_dataset
+from distdiff.registry import load_dataset
 from distdiff.tiny_sd_train import TRAIN_DEFAULTS, train_tiny_sd
 
 # Flags of type int or float, each defaulting to TRAIN_DEFAULTS (see distdiff/tiny_sd_train.py).

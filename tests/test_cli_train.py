@@ -9,10 +9,13 @@ import torch
 import yaml
 from PIL import Image
 
+import expand
 import train_expand
 import train_original
+from distdiff import expand_run
 from distdiff.classifiers import load_classifier
-from distdiff.data import holdout, load_dataset
+from distdiff.data import holdout
+from distdiff.registry import load_dataset
 
 FAST = ["--epochs", "1", "--batch_size", "50", "--num_workers", "0"]
 RESULT_KEYS = {"best_accuracy", "final_accuracy", "best_epoch", "seed", "num_train", "num_test", "num_val",
@@ -46,6 +49,19 @@ def test_train_original_writes_results_and_skips_a_finished_run(tmp_path, caplog
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert ("GPU 0 ignored: no CUDA device" in caplog.text) != torch.cuda.is_available()
     assert (run / "results.yaml").stat().st_mtime_ns == before
+
+
+def test_print_checkpoint_names_the_file_training_writes_and_expand_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    guide = ["digits", "smallcnn", "0.1", "False", "0", "--seed", "1"] + FAST
+    assert train_original.main(train_original.parse_args(guide + ["--print_checkpoint"])) is None
+    printed = capsys.readouterr().out.strip()
+    assert not Path(printed).exists()  # printing trains nothing
+    train_original.main(train_original.parse_args(guide))
+    assert Path(printed).is_file()
+    args = expand.parse_args(["-d", "digits", "--model", str(tmp_path)])
+    expand_run.resolve_paths(args)
+    assert args.guide_checkpoint == printed  # expand.py's default guide is that very file
 
 
 def test_bad_positional_arguments_give_clear_errors(capsys):

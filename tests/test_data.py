@@ -1,4 +1,4 @@
-"""Tests for distdiff.data: the digits splits, imagefolder, synthetic images and paper layouts."""
+"""Tests for distdiff.data and distdiff.datasets_paper: digits splits, imagefolder, synthetic images, paper layouts."""
 
 from pathlib import Path
 
@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from distdiff import data
-from distdiff.data import DatasetError, load_dataset, load_expanded
+from distdiff.data import DatasetError, load_expanded
+from distdiff.registry import dataset_has_split, load_dataset
 
 
 def write_image(path: Path, value: int = 0, size: int = 8) -> Path:
@@ -100,7 +101,7 @@ def test_imagefolder_counts_classes_and_holdout(tmp_path):
     assert train.classes == test.classes == ["ant", "bee"]
     assert train.class_counts() == [3, 2] and test.class_counts() == [1, 2]
     assert data.dataset_slug(f"imagefolder:{root}/") == "insects"
-    assert not data.dataset_has_split(f"imagefolder:{root}", "val")
+    assert not dataset_has_split(f"imagefolder:{root}", "val")
     kept, held = data.holdout(train, 0.4, seed=0)
     assert kept.class_counts() == [2, 1] and held.class_counts() == [1, 1]
     assert not {s.stem for s in kept.samples} & {s.stem for s in held.samples}
@@ -319,7 +320,7 @@ def test_missing_paper_dataset_names_layout_and_install_section(tmp_path, name, 
 def test_paper_dataset_without_val_split_points_to_val_fraction(tmp_path):
     with pytest.raises(DatasetError, match="dtd has no 'val' split.*--val_fraction"):
         load_dataset("dtd", "val", root=tmp_path)
-    assert not data.dataset_has_split("caltech-101", "val", root=tmp_path)
+    assert not dataset_has_split("caltech-101", "val", root=tmp_path)
 
 
 def test_malformed_cars_annotations_are_a_dataset_error(tmp_path):

@@ -1,5 +1,6 @@
 """Tests for distdiff.expansion, distdiff.latent_cache and the expand.py command line."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,13 +9,14 @@ import torch
 from PIL import Image
 
 import expand
-from distdiff import expand_run
-from distdiff.data import LabeledImages, Sample, load_dataset, load_expanded
+from distdiff import registry
+from distdiff.data import LabeledImages, Sample, load_expanded
 from distdiff.expansion import (MANIFEST, MANIFEST_KEYS, ExpansionError, WorkItem, append_manifest,
                                 ensure_run_config, global_shard, load_or_compute_prototypes, pending, read_manifest,
                                 select_sources, shard_sources, work_items)
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import Prototypes
+from distdiff.registry import load_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Work list and shards
@@ -222,7 +224,8 @@ def test_cli_names_the_command_that_trains_a_missing_guide(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="python train_original.py digits smallcnn 0.1 False 0"):
         expand.main(expand.parse_args(["-d", "digits", "--model", str(tiny_sd_dir)]))
-    # the embedded default model is found from the repository, so point the table at a missing folder
-    monkeypatch.setitem(expand_run.MODELS, "digits", str(tmp_path / "no-tiny-sd"))
+    # the embedded default model is found from the repository, so point the registry at a missing folder
+    monkeypatch.setitem(registry.DATASETS, "digits",
+                        dataclasses.replace(registry.DATASETS["digits"], sd_model=str(tmp_path / "no-tiny-sd")))
     with pytest.raises(SystemExit, match="python scripts/train_tiny_sd.py"):
         expand.main(expand.parse_args(["-d", "digits"]))

@@ -8,8 +8,8 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
-from distdiff.data import load_dataset
 from distdiff.guidance import EnergyGuidance, GuideEnergy
+from distdiff.registry import load_dataset
 from distdiff.sampling import (ENERGY_KEYS, encode_latent_dist, encode_prompts, generate_batch, image_seed,
                                image_to_tensor, img2img_start_index, load_stable_diffusion, make_generators,
                                resolve_dtype)

@@ -172,14 +172,15 @@ IMG2IMG_MIN_FIDELITY = 0.85
 @pytest.fixture(scope="module")
 def judge():
     """RBF-SVM judge trained on the real digits of the generator pool."""
-    from distdiff.data import load_dataset
+    from distdiff.registry import load_dataset
     from distdiff.tiny_sd import PixelJudge
 
     return PixelJudge(load_dataset("digits", "pool"))
 
 
 def test_generator_pool_is_disjoint_from_train_val_test():
-    from distdiff.data import digits_split_indices, load_dataset
+    from distdiff.data import digits_split_indices
+    from distdiff.registry import load_dataset
 
     pool = set(digits_split_indices("pool").tolist())
     others = [set(digits_split_indices(split).tolist()) for split in ("train", "val", "test")]
@@ -193,7 +194,7 @@ def test_generator_pool_is_disjoint_from_train_val_test():
 def test_train_script_trains_on_the_pool_only(monkeypatch, tmp_path):
     import importlib.util
 
-    from distdiff.data import load_dataset
+    from distdiff.registry import load_dataset
 
     spec = importlib.util.spec_from_file_location("train_tiny_sd_script", REPO / "scripts" / "train_tiny_sd.py")
     script = importlib.util.module_from_spec(spec)
@@ -213,7 +214,7 @@ def test_train_script_trains_on_the_pool_only(monkeypatch, tmp_path):
 
 
 def test_shipped_checkpoint_loads_like_sd(tmp_path):
-    from distdiff.data import load_dataset
+    from distdiff.registry import load_dataset
     from distdiff.tiny_sd_train import images_tensor
 
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
@@ -243,7 +244,7 @@ def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
 
 
 def test_shipped_checkpoint_img2img_keeps_the_class(judge):
-    from distdiff.data import load_dataset
+    from distdiff.registry import load_dataset
     from distdiff.tiny_sd import generate, load_pipelines
 
     _, img2img = load_pipelines(SHIPPED)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from distdiff.data import load_dataset
+from distdiff.registry import load_dataset
 from distdiff.tiny_sd import build_tiny_sd
 from distdiff.tiny_sd_train import (encode_latents, images_tensor, prompt_table, random_shift, train_stage,
                                     train_tiny_sd, unet_loss)

@@ -4,7 +4,7 @@ import torch
 import distdiff.training as training
 from distdiff.augment import eval_transform, train_transform
 from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, load_classifier
-from distdiff.data import load_dataset
+from distdiff.registry import load_dataset
 from distdiff.training import TrainConfig, TrainingError, fit, seed_everything, summarize_history
 
 

@@ -5,8 +5,8 @@
 #        for S in 0 1 2 3; do scripts/exps/expand_diff.sh 5 $S $S & done; wait
 #   then: scripts/exps/train_expand.sh caltech-101 resnet50 0.1 distdiff_5x False 0
 # Environment overrides: DATASET (caltech-101), TOTAL_SPLIT (4), GUIDE_MODEL (expand.py's default
-# for the dataset: resnet50, smallcnn for digits), GUIDE_MODEL_WEIGHT (train_original.py's
-# checkpoint/<dataset>/<arch>_unpretrained_lr0.1/seed1/model_best.pth.tar).
+# for the dataset: resnet50, smallcnn for digits), GUIDE_MODEL_WEIGHT (expand.py's default: what
+# `train_original.py DATASET ARCH 0.1 False 0 --print_checkpoint` prints).
 # Writes expanded/<dataset>/distdiff_<EXPAND_NUM>x/; rerunning resumes.
 set -euo pipefail
 if [ "$#" -lt 3 ]; then
@@ -17,7 +17,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 EXPAND_NUM=$1; GPU=$2; SPLIT=$3; shift 3
 DATASET=${DATASET:-caltech-101}
 TOTAL_SPLIT=${TOTAL_SPLIT:-4}
-# SPEC.md defaults, spelled with the paper's flag names.
+# The paper's defaults (docs/METHOD.md#defaults), spelled with the paper's flag names.
 SCALE=7.5; START=20; PERIOD=2; CON=0.2; K=3; RHO=10.0; STRENGTH=0.5
 EXTRA=()
 if [ -n "${GUIDE_MODEL:-}" ]; then EXTRA+=(-a "$GUIDE_MODEL"); fi

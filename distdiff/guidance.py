@@ -1,4 +1,4 @@
-"""Hierarchical energy guidance (SPEC.md, "Energy guidance").
+"""Hierarchical energy guidance (docs/METHOD.md#energy, #transform-guidance, #direct-guidance).
 
 One energy, E = gs * D_c + ls * D_g, measured on images decoded from the predicted clean latent,
 drives both variants the way guided-diffusion hands a `cond_fn` to its sampler: the sampler owns
@@ -11,7 +11,8 @@ function (one CFG + DDIM step) and an `image_energy` function (decode + guide + 
 - direct guidance (ablation): z_{t-1} <- z_{t-1} - rho * grad_{z_t} E at each guided step.
 
 The update is per image: the gradient is taken of the batch *sum* of energies, which equals the
-paper's code (batch size 1, mean over a batch of one) and keeps an image independent of its batch.
+authors' code at its batch size of 1 (their mean over a batch of B makes the step rho/B per image)
+and keeps an image independent of its batch (docs/METHOD.md#differences-from-the-paper-and-the-authors-code).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-GS = 1.0  # SPEC.md: gs = 1
-LS = 1.0  # SPEC.md: ls = 1
-RHO = 10.0  # SPEC.md: rho = 10
-EPS = 0.2  # SPEC.md: eps = 0.2 (the paper's --constraint_value)
-GUIDANCE_STEP = 20  # SPEC.md: M = 20
-GUIDANCE_PERIOD = 2  # SPEC.md: 2 look-ahead steps (Algorithm 1 shows 1)
+GS = 1.0  # weight of the class energy; the authors' expand_diff.sh (--gs default 1)
+LS = 1.0  # weight of the group energy; the authors' expand_diff.sh (--ls default 1)
+RHO = 10.0  # guidance learning rate; the paper's rho ablation (best of 0.1/1/10/20), expand_diff.sh RHO=10
+EPS = 0.2  # L-inf radius around z_t; the authors' expand_diff.sh CON=0.2 (--constraint_value)
+GUIDANCE_STEP = 20  # M: guide at schedule index T-M; the paper's M ablation, expand_diff.sh START=20
+GUIDANCE_PERIOD = 2  # look-ahead steps; the paper's ablation (2 best), expand_diff.sh PERIOD=2 (Algorithm 1 shows 1)
+# The authors' guide input (generate_data.py): the decoded [-1,1] image, unnormalised, resized by
+# F.interpolate(size=(224, 224), mode="bicubic"): align_corners False, no antialias.
+AUTHORS_GUIDE_SIZE = 224
 
 # (z_t [B,C,h,w], t) -> (z_{t-1}, predicted x0 latent), one classifier-free-guided DDIM step.
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -65,16 +69,19 @@ def guide_preprocess(images: torch.Tensor, *, image_size: int, mean: Sequence[fl
                      raw: bool = False) -> torch.Tensor:
     """Differentiable guide input from decoded images [B,3,H,W] in [-1,1]: [B,3,S,S].
 
-    Default: [0,1] (clamped as the saved PNG will be), antialiased resize, guide mean/std: the
-    preprocessing the prototypes were built with. `raw=True` is the paper's code: the [-1,1]
-    tensor resized, unclamped and unnormalised.
+    Default: [0,1] (clamped as the saved PNG will be), antialiased bilinear resize to the guide's
+    `image_size`, guide mean/std: the preprocessing the prototypes were built with. `raw=True` is
+    the authors' code exactly: the unclamped [-1,1] tensor, bicubic without antialias to a fixed
+    224 px whatever `image_size` is, no mean/std (docs/METHOD.md#energy).
     """
-    x = images if raw else ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
-                          antialias=True)
     if raw:
-        return x
+        if images.shape[-2:] == (AUTHORS_GUIDE_SIZE, AUTHORS_GUIDE_SIZE):
+            return images
+        return F.interpolate(images, size=(AUTHORS_GUIDE_SIZE, AUTHORS_GUIDE_SIZE), mode="bicubic",
+                             align_corners=False, antialias=False)
+    x = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
@@ -172,7 +179,7 @@ def direct_guidance(latents: torch.Tensor, t: torch.Tensor, *, denoise: Denoise,
     with torch.enable_grad():
         z = latents.detach().requires_grad_(True)
         previous, x0 = denoise(z, t)
-        value = image_energy(x0, normalize=True)[0]  # the paper's code normalises θ(x) here
+        value = image_energy(x0, normalize=True)[0]  # the authors' code normalises θ(x) here too
         (grad,) = torch.autograd.grad(value * latents.shape[0], [z])
     return (previous.detach() - rho * grad).to(latents.dtype)
 
@@ -190,14 +197,14 @@ GUIDANCE_METHODS = ("transform", "direct")
 
 @dataclass
 class EnergyGuidance:
-    """The sampler's hook: which schedule indices are guided and how (SPEC.md defaults)."""
+    """The sampler's hook: which schedule indices are guided and how (defaults: docs/METHOD.md#defaults)."""
 
     method: str = "transform"
     guidance_step: int = GUIDANCE_STEP
     period: int = GUIDANCE_PERIOD
     rho: float = RHO
     eps: float = EPS
-    normalize_transform: bool = True  # consistent choice; the paper's code does not normalise here
+    normalize_transform: bool = True  # consistent choice; the authors' code does not normalise here
 
     def __post_init__(self):
         if self.method not in GUIDANCE_METHODS:

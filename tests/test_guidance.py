@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distdiff.guidance import (EnergyGuidance, GuideEnergy, apply_transform, direct_guidance, draw_transform,
                                energy, guide_preprocess, lookahead_energy, project_linf, transform_guidance)
-from distdiff.sampling import encode_prompts, make_denoiser, make_generators, make_image_energy
+from distdiff.sampling import decode_latents, encode_prompts, make_denoiser, make_generators, make_image_energy
 
 # ---------------------------------------------------------------------------------------------
 # The energy
@@ -44,17 +45,32 @@ def test_energy_rejects_an_image_without_valid_groups():
         energy(torch.ones(1, 2), torch.ones(1, 2), torch.ones(1, 2, 2), torch.zeros(1, 2, dtype=torch.bool))
 
 
-def test_guide_preprocess_matches_the_prototypes_normalisation_and_raw_mode_does_not():
+def test_guide_preprocess_matches_the_prototypes_normalisation():
     images = torch.zeros(1, 3, 8, 8)
-    images[..., 0, 0] = 3.0  # out of [-1, 1]: clamped like the saved PNG, except in raw mode
+    images[..., 0, 0] = 3.0  # out of [-1, 1]: clamped like the saved PNG
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
     out = guide_preprocess(images, image_size=8, mean=mean, std=std)
     for c in range(3):
         assert out[0, c, 4, 4].item() == pytest.approx((0.5 - mean[c]) / std[c])
         assert out[0, c, 0, 0].item() == pytest.approx((1.0 - mean[c]) / std[c])
-    raw = guide_preprocess(images, image_size=8, mean=mean, std=std, raw=True)
-    assert torch.equal(raw, images)
     assert guide_preprocess(images, image_size=4, mean=mean, std=std).shape == (1, 3, 4, 4)
+
+
+def test_raw_guide_input_is_the_authors_bicubic_resize_to_224_by_hand():
+    """448 -> 224 samples source column 2i + 0.5: Keys cubic (a = -0.75) weights at t = 0.5 are
+    (-3/32, 19/32, 19/32, -3/32) on columns 2i-1 .. 2i+2; no antialias widening, no clamp, no mean/std."""
+    columns = torch.arange(448, dtype=torch.float64)
+    values = (columns * 7) % 11 - 3.0  # in [-3, 7]: far outside [-1, 1]
+    images = values.expand(1, 3, 448, 448).clone()
+    raw = guide_preprocess(images, image_size=32, mean=(0.5,) * 3, std=(0.2,) * 3, raw=True)
+    assert raw.shape == (1, 3, 224, 224) and raw.dtype == torch.float64  # 224 whatever the guide's size
+    weights = [-3 / 32, 19 / 32, 19 / 32, -3 / 32]
+    for i in (1, 57, 222):
+        expected = sum(w * values[2 * i - 1 + k].item() for k, w in enumerate(weights))
+        assert raw[0, 1, 100, i].item() == pytest.approx(expected, abs=1e-12)
+    # a 224 px image passes unchanged
+    same = torch.randn(2, 3, 224, 224) * 3
+    assert torch.equal(guide_preprocess(same, image_size=224, mean=(0.5,) * 3, std=(0.2,) * 3, raw=True), same)
 
 
 def test_guide_energy_indexes_prototypes_by_label(tiny_guide, tiny_prototypes):
@@ -168,3 +184,86 @@ def test_hook_schedule_and_validation():
         EnergyGuidance(method="gradient")
     with pytest.raises(ValueError, match="guidance period"):
         EnergyGuidance(guidance_step=1, period=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the authors' code (generate_data.py: transform_guidance / direct_guidance), restated
+
+
+def _authors_energy(sd, guide, x0, targets, normalize):
+    """The authors' score of x0 latents: decode, bicubic to 224, mean over the batch of D_c + D_g."""
+    images = decode_latents(sd, x0)
+    images = F.interpolate(images, size=(224, 224), mode="bicubic")
+    features = guide.model.features(images).float()
+    if normalize:
+        features = features / features.norm(dim=-1, keepdim=True)
+    global_proto, local_proto = guide.class_protos[targets], guide.group_protos[targets]
+    score = torch.norm(features - global_proto, dim=1, p=2).mean()
+    nearest = torch.argmax(torch.bmm(features.unsqueeze(1), local_proto.permute(0, 2, 1)), -1)
+    local = local_proto[torch.arange(local_proto.size(0)), nearest.squeeze(1)]
+    return score + torch.norm(features - local, dim=1, p=2).mean()
+
+
+def _authors_transform(sd, guide, denoise, latents, timesteps, targets, scale, bias, *, rho, eps):
+    scale, bias = scale.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    with torch.enable_grad():
+        z, score = latents * (1 + scale) + bias, 0.0
+        for t in timesteps:
+            z, x0 = denoise(z, t)
+            score = score + _authors_energy(sd, guide, x0, targets, normalize=False)
+        score = score / len(timesteps)
+        grad_scale, grad_bias = torch.autograd.grad(score, [scale, bias])
+    moved = latents * (1 + scale.detach() - rho * grad_scale) + bias.detach() - rho * grad_bias
+    return torch.minimum(torch.maximum(moved, latents - eps), latents + eps)
+
+
+def _authors_direct(sd, guide, denoise, latents, t, targets, *, rho):
+    with torch.enable_grad():
+        z = latents.clone().requires_grad_(True)
+        previous, x0 = denoise(z, t)
+        (grad,) = torch.autograd.grad(_authors_energy(sd, guide, x0, targets, normalize=True), [z])
+    return previous.detach() - rho * grad
+
+
+@pytest.fixture(scope="module")
+def authors_setup(tiny_sd, tiny_guide, tiny_prototypes):
+    """Two images of classes 3 and 4 (all groups valid, as the authors' code assumes), raw guide input."""
+    labels = torch.tensor([3, 4])
+    prompts = encode_prompts(tiny_sd, [f"a photo of the digit {d}." for d in range(10)])
+    tiny_sd.scheduler.set_timesteps(10)
+    guide = GuideEnergy(tiny_guide, tiny_prototypes, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3, raw_input=True)
+    return {"sd": tiny_sd, "guide": guide, "labels": labels, "timesteps": tiny_sd.scheduler.timesteps,
+            "prompts": prompts,
+            "denoise": make_denoiser(tiny_sd, prompts, labels, guidance_scale=7.5),
+            "image_energy": make_image_energy(tiny_sd, guide, labels),
+            "latents": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))}
+
+
+def test_raw_input_transform_guidance_is_the_authors_per_image_and_rho_over_b_per_batch(authors_setup):
+    s = authors_setup
+    look = s["timesteps"][5:7]
+    ours = transform_guidance(s["latents"], look, denoise=s["denoise"], image_energy=s["image_energy"],
+                              generators=make_generators([1, 2]), rho=10.0, eps=0.2, normalize=False)
+    for i in range(2):  # the authors' batch size 1
+        one = slice(i, i + 1)
+        denoise = make_denoiser(s["sd"], s["prompts"], s["labels"][one], guidance_scale=7.5)
+        alone = _authors_transform(s["sd"], s["guide"], denoise, s["latents"][one], look, s["labels"][one],
+                                   ours.scale[one], ours.bias[one], rho=10.0, eps=0.2)
+        assert (alone - ours.latents[one]).abs().max().item() < 1e-5
+    # A batch of 2 in the authors' code: the mean halves each image's step, i.e. our rho / 2.
+    theirs = _authors_transform(s["sd"], s["guide"], s["denoise"], s["latents"], look, s["labels"], ours.scale,
+                                ours.bias, rho=10.0, eps=0.2)
+    half = transform_guidance(s["latents"], look, denoise=s["denoise"], image_energy=s["image_energy"],
+                              generators=make_generators([1, 2]), rho=5.0, eps=0.2, normalize=False)
+    assert (theirs - half.latents).abs().max().item() < 1e-5
+    assert (theirs - ours.latents).abs().max().item() > 1e-3
+
+
+def test_raw_input_direct_guidance_is_the_authors_rho_over_b_per_batch(authors_setup):
+    s = authors_setup
+    t = s["timesteps"][5]
+    theirs = _authors_direct(s["sd"], s["guide"], s["denoise"], s["latents"], t, s["labels"], rho=10.0)
+    ours = direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"], rho=5.0)
+    assert (theirs - ours).abs().max().item() < 1e-5
+    assert (theirs - direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"],
+                                     rho=10.0)).abs().max().item() > 1e-4

@@ -1,4 +1,4 @@
-"""Expand a dataset with energy-guided Stable Diffusion img2img (DistDiff, SPEC.md pipeline step 3).
+"""Expand a dataset with energy-guided Stable Diffusion img2img (DistDiff; docs/METHOD.md#pipeline, step 3).
 
     python expand.py -d DATASET [-a GUIDE_ARCH] [--num_images_per_prompt 5] [--split S --total_split N] ...
     python expand.py -d digits --max_source_images 20 --steps 10 --guidance_step 4
@@ -8,8 +8,10 @@ Writes OUT/<class>/<source stem>_expand_<i>.png (OUT defaults to expanded/<datas
 distdiff_direct>_<N>x, what train_expand.py reads for EXP of the same name), OUT/manifest.jsonl
 (one line per image: source, class, copy, seed, parameters, D_c/D_g before and after guidance
 and of the final image), OUT/prototypes.pt and OUT/expand_config.json. Rerunning resumes.
-The paper's flag names (--pretrained_model_name_or_path, --encoder_weight_path, --guidance_type,
---train_batch_size, --optimize_targets, ...) are accepted, so its expand_diff.sh carries over.
+The authors' flag names (--pretrained_model_name_or_path, --encoder_weight_path, --guidance_type,
+--train_batch_size, --optimize_targets, ...) are accepted, so their expand_diff.sh carries over.
+A hub id as --model is downloaded into the Hugging Face cache when it is not cached and the hub is
+reachable; --local_files_only (or HF_HUB_OFFLINE=1) forbids any download.
 """
 
 import argparse

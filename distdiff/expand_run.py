@@ -24,25 +24,26 @@ from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, 
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.registry import dataset_spec, load_dataset
-from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, STEPS, STRENGTH,
-                               encode_prompts, img2img_start_index, load_stable_diffusion)
+from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
+                               START_INDEX_FORMULAS, STEPS, STRENGTH, encode_prompts, img2img_start_index,
+                               load_stable_diffusion)
 
 logger = logging.getLogger(__name__)
 
 GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",
-            "transform_guidance": "transform", "direct_guidance": "direct"}  # the paper's --guidance_type values
+            "transform_guidance": "transform", "direct_guidance": "direct"}  # the authors' --guidance_type values
 EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd"}
-# The paper's --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
+# The authors' --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
 OPTIMIZE_TARGETS = {"global_prototype-local_prototype": (True, True), "global_prototype": (True, False),
                     "local_prototype": (False, True)}
-NUM_IMAGES_PER_PROMPT = 5  # SPEC.md: 5x expansion
-SEED = 42  # the paper's generate_data.py default
-BATCH_SIZE = 1  # the paper's expand_diff.sh (--train_batch_size 1); raise it on a large GPU
+NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
+SEED = 42  # the authors' generate_data.py default
+BATCH_SIZE = 1  # the authors' expand_diff.sh (--train_batch_size 1); raise it on a large GPU
 FEATURE_BATCH_SIZE = 64  # images per guide forward when computing prototypes
 
 
 def add_expand_arguments(p: argparse.ArgumentParser) -> None:
-    """expand.py's flags (the paper's names as aliases) with SPEC.md defaults."""
+    """expand.py's flags (the authors' names as aliases) with the paper's defaults (docs/METHOD.md#defaults)."""
     p.add_argument("-d", "--dataset", required=True, help="digits, imagefolder:PATH or a registered dataset")
     p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", default=None,
                    help="SD hub id or local diffusers folder (default: the dataset's registry entry, "
@@ -63,18 +64,23 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--constraint_value", type=float, default=EPS, help="L-inf radius eps around z_t")
     p.add_argument("--K", type=int, default=DEFAULT_K, help="group prototypes per class")
     p.add_argument("--cluster", choices=sorted(CLUSTERING_METHODS), default="kmeans",
-                   help="grouping (SPEC.md: k-means; the paper's code: agglomerative)")
+                   help="grouping (default k-means; the authors' code: agglomerative)")
     p.add_argument("--gs", type=float, default=GS, help="weight of the class energy D_c")
     p.add_argument("--ls", type=float, default=LS, help="weight of the group energy D_g")
     p.add_argument("--optimize_targets", choices=sorted(OPTIMIZE_TARGETS), default="global_prototype-local_prototype",
-                   help="prototype levels in the energy (the paper's flag; one level sets the other weight to 0)")
+                   help="prototype levels in the energy (the authors' flag; one level sets the other weight to 0)")
     p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default="transform",
                    help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
     p.add_argument("--no_transform_feature_norm", action="store_true",
-                   help="as the paper's code: do not L2-normalise the guide features inside transform guidance")
+                   help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
     p.add_argument("--raw_guide_input", action="store_true",
-                   help="as the paper's code: feed the decoded [-1,1] image to the guide without the "
-                        "prototypes' [0,1] + mean/std preprocessing")
+                   help="the authors' guide input exactly: the decoded [-1,1] image, no mean/std, resized bicubic "
+                        "(no antialias) to 224 px, instead of the prototypes' preprocessing")
+    p.add_argument("--start_index", choices=sorted(START_INDEX_FORMULAS), default=START_INDEX,
+                   help="first img2img step: diffusers' T - int(T*s) or the authors' int((1-s)*T); "
+                        "they differ at s=0.8 and 0.9")
+    p.add_argument("--local_files_only", action="store_true",
+                   help="never download --model: a hub id must already be in the Hugging Face cache")
     p.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=BATCH_SIZE,
                    help="images per sampling batch (sources and copies mixed)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default=PRECISION, help="fp32 is forced on CPU")
@@ -96,7 +102,7 @@ def _validate_schedule(args: argparse.Namespace) -> None:
     if args.guidance_period > args.guidance_step:
         raise expansion.ExpansionError(f"--guidance_period ({args.guidance_period}) cannot exceed --guidance_step "
                                        f"({args.guidance_step}): the look-ahead would run past the last step.")
-    start = img2img_start_index(args.steps, args.strength)
+    start = img2img_start_index(args.steps, args.strength, args.start_index)
     if args.steps - args.guidance_step < start:
         raise expansion.ExpansionError(
             f"--guidance_step {args.guidance_step} guides schedule index {args.steps - args.guidance_step}, before the "
@@ -192,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
     guidance_method = GUIDANCE[args.guidance]
     train = load_dataset(args.dataset, "train", root=args.data_root)
     sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
-                               gradient_checkpointing=args.gradient_checkpointing)
+                               gradient_checkpointing=args.gradient_checkpointing,
+                               local_files_only=args.local_files_only)
     resolution = args.resolution or sd.default_resolution
     if resolution % sd.vae_scale_factor:
         raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
@@ -206,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
               "guidance_period": args.guidance_period, "rho": args.rho, "constraint_value": args.constraint_value,
               "K": args.K, "cluster": args.cluster, "gs": args.gs, "ls": args.ls,
               "optimize_targets": args.optimize_targets, "transform_feature_norm": not args.no_transform_feature_norm,
-              "raw_guide_input": args.raw_guide_input, "seed": args.seed,
+              "raw_guide_input": args.raw_guide_input, "start_index": args.start_index, "seed": args.seed,
               "guide_checkpoint": (str(Path(args.guide_checkpoint).resolve()) if Path(args.guide_checkpoint).is_file()
                                    else None)}
     out = Path(args.output_dir)
@@ -224,7 +231,8 @@ def run(args: argparse.Namespace) -> dict:
     written = expansion.run_expansion(
         sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, strength=args.strength,
         steps=args.steps, guidance_scale=args.guidance_scale, guidance=guidance, guide=guide,
-        batch_size=args.batch_size, record_energy=not args.no_energy_log, progress=state.is_local_main_process)
+        batch_size=args.batch_size, record_energy=not args.no_energy_log, progress=state.is_local_main_process,
+        start_index=args.start_index)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
     return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,

@@ -1,4 +1,4 @@
-"""Expansion runs: the work list, sharding, resume, the manifest and atomic outputs (SPEC.md step 3).
+"""Expansion runs: the work list, sharding, resume, the manifest and atomic outputs (docs/METHOD.md#pipeline, step 3).
 
 Layout of an output folder OUT:
 - OUT/<class>/<source stem>_expand_<i>.png   synthetic images, each written atomically
@@ -32,7 +32,8 @@ from distdiff.files import atomic_open, atomic_write_text
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import Prototypes
-from distdiff.sampling import ENERGY_KEYS, PromptEmbeddings, StableDiffusion, generate_batch, image_seed
+from distdiff.sampling import (ENERGY_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
+                               image_seed)
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ def pending(out_dir: Path, items: Sequence[WorkItem]) -> list[WorkItem]:
 def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, strength: float, steps: int,
                   guidance_scale: float, guidance: EnergyGuidance | None, guide: GuideEnergy | None,
-                  batch_size: int, record_energy: bool = True, progress: bool = True) -> int:
+                  batch_size: int, record_energy: bool = True, progress: bool = True,
+                  start_index: str = START_INDEX) -> int:
     """Make every unfinished item, batch by batch; returns how many images were written."""
     out_dir = Path(out_dir)
     todo = pending(out_dir, items)
@@ -223,7 +225,7 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
             sd, cache.get(dataset, [it.source_index for it in batch]),
             torch.tensor([it.label for it in batch]), [it.seed for it in batch], prompts=prompts,
             strength=strength, steps=steps, guidance_scale=guidance_scale, guidance=guidance, guide=guide,
-            record_energy=record_energy)
+            record_energy=record_energy, start_index=start_index)
         records = []
         for k, it in enumerate(batch):
             save_png_atomic(result.images[k], out_dir / it.image)

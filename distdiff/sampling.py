@@ -1,6 +1,6 @@
 """Stable Diffusion img2img with DDIM, classifier-free guidance and an energy-guidance hook.
 
-SPEC.md, pipeline step 3. The components are loaded one by one with diffusers/transformers
+docs/METHOD.md#pipeline, step 3. The components are loaded one by one with diffusers/transformers
 (`X.from_pretrained(model, subfolder=...)`, the same call for a hub id and a local folder) and
 driven by our own loop, which is diffusers' StableDiffusionImg2ImgPipeline step for step (see
 tests/test_sampling.py) plus the guidance hook. Every image has its own CPU torch.Generator,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -28,10 +28,10 @@ from distdiff.guidance import Denoise, EnergyGuidance, GuideEnergy, ImageEnergy
 
 logger = logging.getLogger(__name__)
 
-STRENGTH = 0.5  # SPEC.md: strength s = 0.5
-STEPS = 50  # SPEC.md: DDIM T = 50 steps
-GUIDANCE_SCALE = 7.5  # SPEC.md: classifier-free guidance 7.5
-PRECISION = "fp16"  # SPEC.md: fp16
+STRENGTH = 0.5  # img2img strength; the paper's setting and the authors' expand_diff.sh (their code's default is 0.9)
+STEPS = 50  # DDIM steps T; the paper's setting, the authors' generate_data.py (num_inference_steps = 50)
+GUIDANCE_SCALE = 7.5  # classifier-free guidance; the paper's setting, the authors' expand_diff.sh SCALE=7.5
+PRECISION = "fp16"  # the authors' generate_data.py runs SD in fp16 (weight_dtype)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ENERGY_KEYS = ("D_c_before", "D_g_before", "D_c_after", "D_g_after", "D_c_final", "D_g_final")
 
@@ -98,20 +98,26 @@ def from_components(components: dict, *, device: torch.device | str = "cpu", pre
 
 
 def load_stable_diffusion(model: str, *, device: torch.device | str = "cpu", precision: str = PRECISION,
-                          gradient_checkpointing: bool = False) -> StableDiffusion:
-    """Load SD components from a hub id or a local diffusers folder (same code path for both)."""
+                          gradient_checkpointing: bool = False, local_files_only: bool = False) -> StableDiffusion:
+    """Load SD components from a hub id or a local diffusers folder (same code path for both).
+
+    A hub id is downloaded into the Hugging Face cache when it is not cached and the hub is
+    reachable; `local_files_only=True` (or HF_HUB_OFFLINE=1) forbids that and uses the cache only.
+    """
     dtype = resolve_dtype(precision, device)
+    hub = {"local_files_only": local_files_only}
     try:
         components = {
-            "unet": UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
-            "vae": AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
-            "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype),
-            "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-            "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler"),
+            "unet": UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **hub),
+            "vae": AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **hub),
+            "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, **hub),
+            "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **hub),
+            "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler", **hub),
         }
     except (OSError, ValueError) as err:
+        where = "in the local Hugging Face cache (--local_files_only)" if local_files_only else "loadable"
         raise OSError(f"--model '{model}' is neither a diffusers folder (model_index.json, unet/, vae/, "
-                      f"text_encoder/, tokenizer/, scheduler/) nor a loadable hub id: {err}") from err
+                      f"text_encoder/, tokenizer/, scheduler/) nor a hub id {where}: {err}") from err
     effective = next(name for name, value in PRECISIONS.items() if value == dtype)  # logged once, above
     return from_components(components, device=device, precision=effective,
                            gradient_checkpointing=gradient_checkpointing)
@@ -138,11 +144,23 @@ def encode_prompts(sd: StableDiffusion, prompts: Sequence[str]) -> PromptEmbeddi
     return PromptEmbeddings(_embed(sd, list(prompts)), _embed(sd, [""]))
 
 
-def img2img_start_index(steps: int, strength: float) -> int:
-    """First schedule index for `strength`, as diffusers' img2img get_timesteps (s=0.5, T=50 -> 25)."""
+# First schedule index of img2img at strength s of T steps (docs/METHOD.md#pipeline). The two
+# agree except where s*T is not an integer in floating point: at s=0.9, T=50 diffusers starts at
+# 50 - int(45.0) = 5 and the authors at int(4.999...) = 4, one step more of denoising.
+START_INDEX_FORMULAS: dict[str, Callable[[int, float], int]] = {
+    "diffusers": lambda steps, strength: steps - min(int(steps * strength), steps),  # Img2ImgPipeline.get_timesteps
+    "authors": lambda steps, strength: int((1 - strength) * steps),  # the authors' generate_data.py
+}
+START_INDEX = "diffusers"
+
+
+def img2img_start_index(steps: int, strength: float, formula: str = START_INDEX) -> int:
+    """First schedule index for `strength` by `formula` (START_INDEX_FORMULAS; s=0.5, T=50 -> 25 for both)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}.")
-    return steps - min(int(steps * strength), steps)
+    if formula not in START_INDEX_FORMULAS:
+        raise ValueError(f"unknown start index formula '{formula}'; choose one of {sorted(START_INDEX_FORMULAS)}.")
+    return START_INDEX_FORMULAS[formula](steps, strength)
 
 
 # How a source image becomes a square of the generator's resolution.
@@ -235,10 +253,12 @@ def _check_schedule(guidance: EnergyGuidance, steps: int, start: int) -> None:
 def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int], *,
                    prompts: PromptEmbeddings, strength: float = STRENGTH, steps: int = STEPS,
                    guidance_scale: float = GUIDANCE_SCALE, guidance: EnergyGuidance | None = None,
-                   guide: GuideEnergy | None = None, record_energy: bool = True) -> BatchResult:
+                   guide: GuideEnergy | None = None, record_energy: bool = True,
+                   start_index: str = START_INDEX) -> BatchResult:
     """Img2img for one batch: VAE posteriors [B,2C,h,w], class ids [B], one seed per image.
 
-    With `guidance` (needs `guide`) the hook runs at schedule index T-M. With a guide and
+    The first step is img2img_start_index(steps, strength, start_index). With `guidance` (needs
+    `guide`) the hook runs at schedule index T-M. With a guide and
     `record_energy`, D_c/D_g are measured on the decoded x0 prediction at the guided step before
     guidance, at the first plain step after it, and on the final image (always on L2-normalised
     features, the prototypes' space); without guidance only the final values are recorded.
@@ -253,7 +273,7 @@ def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: tor
     scheduler = sd.scheduler
     scheduler.set_timesteps(steps, device=sd.device)
     timesteps = scheduler.timesteps
-    start = img2img_start_index(steps, strength)
+    start = img2img_start_index(steps, strength, start_index)
     if guidance is not None:
         _check_schedule(guidance, steps, start)
 

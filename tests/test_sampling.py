@@ -1,6 +1,7 @@
 """Tests for distdiff.sampling: loading, the img2img loop against diffusers, seeds and batching."""
 
 import logging
+import socket
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
+import expand
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.registry import load_dataset
 from distdiff.sampling import (ENERGY_KEYS, encode_latent_dist, encode_prompts, generate_batch, image_seed,
@@ -44,6 +46,28 @@ def test_start_index_follows_diffusers_get_timesteps():
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
             img2img_start_index(50, bad)
+    with pytest.raises(ValueError, match="unknown start index formula 'paper'"):
+        img2img_start_index(50, 0.5, "paper")
+
+
+def test_authors_start_index_is_one_step_earlier_at_strength_0_9_and_equal_at_0_5():
+    # (1 - 0.9) * 50 = 4.999... in floating point, so the authors' int() starts at 4, diffusers' at 5.
+    assert img2img_start_index(50, 0.9, "diffusers") == 5
+    assert img2img_start_index(50, 0.9, "authors") == 4
+    for strength, index in ((0.5, 25), (0.2, 40), (1.0, 0)):
+        assert img2img_start_index(50, strength, "authors") == img2img_start_index(50, strength) == index
+
+
+def test_authors_start_index_denoises_one_more_step(tiny_sd, digits, prompts):
+    """Of 10 steps at strength 0.9 the authors start at index 0 (as diffusers at 1.0), diffusers at 1."""
+    params = encode_latent_dist(tiny_sd, digits[0][:1] * 2 - 1)
+    common = {"prompts": prompts, "steps": 10}
+    run = {(s, f): generate_batch(tiny_sd, params, digits[1][:1], [3], strength=s, start_index=f, **common).images
+           for s, f in ((0.9, "authors"), (0.9, "diffusers"), (1.0, "diffusers"), (0.5, "authors"),
+                        (0.5, "diffusers"))}
+    assert torch.equal(run[0.9, "authors"], run[1.0, "diffusers"])
+    assert not torch.allclose(run[0.9, "authors"], run[0.9, "diffusers"], atol=1e-3)
+    assert torch.equal(run[0.5, "authors"], run[0.5, "diffusers"])
 
 
 def test_loading_from_a_folder_gives_the_default_resolution(tiny_sd, tmp_path):
@@ -51,6 +75,33 @@ def test_loading_from_a_folder_gives_the_default_resolution(tiny_sd, tmp_path):
     assert tiny_sd.dtype == torch.float32
     with pytest.raises(OSError, match="--model"):
         load_stable_diffusion(str(tmp_path / "no-such-model"))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:]}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_local_files_only_loads_a_folder_and_refuses_an_uncached_hub_id_offline(tiny_sd_dir, no_network, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # an empty cache whatever this machine has
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert load_stable_diffusion(str(tiny_sd_dir), local_files_only=True).default_resolution == 32
+    with pytest.raises(OSError, match=r"distdiff-tests/no-such-model.*local Hugging Face cache \(--local_files_only\)"):
+        load_stable_diffusion("distdiff-tests/no-such-model", local_files_only=True)
+
+
+def test_expand_passes_local_files_only_to_the_loader(no_network, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    argv = ["-d", "digits", "--model", "distdiff-tests/no-such-model", "--local_files_only", "--guidance", "none",
+            "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit, match=r"expand.py: error: --model 'distdiff-tests/no-such-model'.*--local_files_only"):
+        expand.main(expand.parse_args(argv))
 
 
 def test_half_precision_is_replaced_by_fp32_on_cpu(caplog):

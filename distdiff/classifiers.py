@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # What torch.load / timm raise for a truncated, foreign or non-checkpoint file.
 _UNREADABLE = (RuntimeError, KeyError, OSError, EOFError, ValueError, struct.error, pickle.UnpicklingError)
 
-# SPEC.md: guide features use ImageNet normalisation; the same statistics are used for training.
+# The authors' code normalises with ImageNet statistics for training and for the prototypes' features.
 IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 CHECKPOINT_NAME = "model_best.pth.tar"  # the name the paper's code (PyTorch ImageNet example) uses
@@ -99,8 +99,9 @@ class Arch:
     builder: Callable[[int], Classifier] | None = None
 
 
-# SPEC.md: ResNet-50 is the paper's guide/classifier; ResNeXt-50, WideResNet-50 and MobileNetV2
-# are its "other backbones"; resnet18 and smallcnn are small models for CPU-sized runs.
+# ResNet-50 is the paper's guide and classifier; ResNeXt-50, WideResNet-50 and MobileNetV2 are the
+# other backbones of its experiments (docs/METHOD.md#datasets); resnet18 and smallcnn are small models
+# for CPU-sized runs.
 ARCHS: dict[str, Arch] = {
     "resnet50": Arch(timm_name="resnet50"),
     "resnext50": Arch(timm_name="resnext50_32x4d"),
@@ -135,7 +136,8 @@ def _missing_weights_message(arch: str, timm_name: str) -> str:
     return (f"pretrained ImageNet weights for '{arch}' (timm '{timm_name}') are not on this machine and "
             f"nothing is downloaded. Download model.safetensors from https://huggingface.co/{cfg.hf_hub_id} "
             f"and pass it with --pretrained_path FILE, or fill the Hugging Face cache on a machine with "
-            f"internet (`huggingface-cli download {cfg.hf_hub_id}`) and copy ~/.cache/huggingface over.")
+            f"internet (`hf download {cfg.hf_hub_id}`, the `hf` command of huggingface_hub) and copy "
+            f"~/.cache/huggingface over.")
 
 
 def build_classifier(arch: str, num_classes: int, *, pretrained: bool = False, pretrained_path: str | None = None,

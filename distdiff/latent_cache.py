@@ -1,4 +1,4 @@
-"""On-disk cache of the VAE posteriors of source images (SPEC.md step 3: "cache latents").
+"""On-disk cache of the VAE posteriors of source images (docs/METHOD.md#pipeline, step 3).
 
 A cache folder is keyed by the model, resolution, crop, precision and a fingerprint of the VAE
 encoder's weights, so a re-saved model folder never serves stale latents. Each source image

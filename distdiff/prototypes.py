@@ -1,4 +1,4 @@
-"""Hierarchical prototypes of the real data in the guide's feature space (SPEC.md, pipeline step 2).
+"""Hierarchical prototypes of the real data in the guide's feature space (docs/METHOD.md#hierarchical-prototypes).
 
 Every training image is embedded by the guide classifier (`model.features`), L2-normalised, and
 summarised per class by one class prototype (the normalised mean) and up to K group prototypes
@@ -23,8 +23,9 @@ from distdiff.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_K = 3  # SPEC.md: K=3 groups per class
-DEFAULT_METHOD = "kmeans"  # SPEC.md: the design card says k-means; the paper's code uses agglomerative
+DEFAULT_K = 3  # groups per class: the paper's K ablation (3 best), the authors' expand_diff.sh K=3
+# The project's choice; the authors' code clusters agglomeratively (docs/METHOD.md#hierarchical-prototypes).
+DEFAULT_METHOD = "kmeans"
 KMEANS_N_INIT = 10  # several restarts so a bad initial draw does not merge two real groups
 FORMAT_VERSION = 1
 
@@ -77,7 +78,7 @@ def _agglomerative(points: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 CLUSTERING_METHODS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
     "kmeans": _kmeans,
-    "agglomerative": _agglomerative,  # the paper's public code
+    "agglomerative": _agglomerative,  # the authors' public code (average linkage)
 }
 
 

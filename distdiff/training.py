@@ -41,12 +41,12 @@ class TrainingError(ValueError):
 class TrainConfig:
     """Optimisation settings of one run."""
 
-    epochs: int = 100  # SPEC.md: 100 epochs
-    batch_size: int = 64  # SPEC.md: batch 64
-    lr: float = 0.1  # SPEC.md: lr 0.1, cosine schedule
-    momentum: float = 0.9  # SPEC.md: SGD momentum 0.9, Nesterov
+    epochs: int = 100  # the paper's recipe; the authors' train_original.sh (--epochs 100)
+    batch_size: int = 64  # the authors' train_original.sh (--train-batch-size 64)
+    lr: float = 0.1  # the authors' README call (LR 0.1 from scratch), cosine schedule as their train.py
+    momentum: float = 0.9  # the authors' train.py: SGD momentum 0.9, Nesterov
     nesterov: bool = True
-    weight_decay: float = 1e-4  # SPEC.md: weight decay 1e-4
+    weight_decay: float = 1e-4  # the authors' train.py default
     seed: int = 1  # the paper averages seeds 1, 2, 3
     augment: str = "default"
     num_workers: int = 4  # PyTorch ImageNet example default

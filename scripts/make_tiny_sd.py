@@ -1,8 +1,9 @@
 """Write a randomly initialised tiny Stable Diffusion model in diffusers' folder format.
 
 Example: python scripts/make_tiny_sd.py --output_dir checkpoint/tiny-sd-random
-The folder loads like CompVis/stable-diffusion-v1-4 (e.g. `--model_id checkpoint/tiny-sd-random`)
-and is meant for tests and smoke runs; checkpoint/tiny-sd-digits/ is the trained one.
+The folder loads like CompVis/stable-diffusion-v1-4 (e.g. `python expand.py -d digits --model
+checkpoint/tiny-sd-random`) and is meant for tests and smoke runs; checkpoint/tiny-sd-digits/ is the
+trained one.
 """
 
 import argparse

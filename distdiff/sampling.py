@@ -115,9 +115,10 @@ def load_stable_diffusion(model: str, *, device: torch.device | str = "cpu", pre
             "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler", **hub),
         }
     except (OSError, ValueError) as err:
-        where = "in the local Hugging Face cache (--local_files_only)" if local_files_only else "loadable"
+        hub_id = "a hub id in the local Hugging Face cache (--local_files_only)" if local_files_only else \
+            "a loadable hub id"
         raise OSError(f"--model '{model}' is neither a diffusers folder (model_index.json, unet/, vae/, "
-                      f"text_encoder/, tokenizer/, scheduler/) nor a hub id {where}: {err}") from err
+                      f"text_encoder/, tokenizer/, scheduler/) nor {hub_id}: {err}") from err
     effective = next(name for name, value in PRECISIONS.items() if value == dtype)  # logged once, above
     return from_components(components, device=device, precision=effective,
                            gradient_checkpointing=gradient_checkpointing)

@@ -46,8 +46,8 @@ from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, STEPS, STR
                                StableDiffusion, encode_latent_dist, encode_prompts, from_components,
                                generate_batch, image_seed, img2img_start_index)
 from distdiff.files import atomic_write_text
-from distdiff.sd_configs import SD_V1_TEXT_ENCODER, SD_V1_UNET, SD_V1_VAE
 from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tokenizer
+from sd_configs import SD_V1_TEXT_ENCODER, SD_V1_UNET, SD_V1_VAE  # benchmarks/sd_configs.py, beside this script
 
 # SD v1's noise schedule as a DDIM scheduler (SPEC.md samples with DDIM).
 SD_V1_SCHEDULER = SCHEDULER_CONFIG

@@ -27,6 +27,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
+from distdiff.data import DEFAULT_PROMPT
 from distdiff.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -191,8 +192,8 @@ TRAIN_DEFAULTS = {
     "ema_max_decay": 0.999,
     "save_every": 100,
 }
-# Training prompts: the dataset's own template first, plus SPEC.md's default template.
-EXTRA_TEMPLATES = ("a photo of a {}.",)
+# Training prompts: the dataset's own template first, plus the paper's default class prompt.
+EXTRA_TEMPLATES = (DEFAULT_PROMPT,)
 
 
 def train_tiny_sd(dataset, output_dir: str | Path, *, seed: int = 0, state_dir: str | Path,

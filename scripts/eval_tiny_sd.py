@@ -17,16 +17,16 @@ import torch
 from torchvision.utils import save_image
 
 from distdiff.registry import load_dataset
-from distdiff.tiny_sd import PixelJudge, label_fidelity
+from distdiff.pixel_judge import PixelJudge, label_fidelity
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", default="checkpoint/tiny-sd-digits", help="diffusers model folder")
     parser.add_argument("--per_class", type=int, default=20, help="txt2img images per class")
-    parser.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps (SPEC.md: 50)")
-    parser.add_argument("--guidance_scale", type=float, default=7.5, help="CFG scale (SPEC.md: 7.5)")
-    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (SPEC.md: 0.5)")
+    parser.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps (paper: 50)")
+    parser.add_argument("--guidance_scale", type=float, default=7.5, help="CFG scale (paper: 7.5)")
+    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (paper: 0.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", default=None, help="optional PNG path: txt2img rows, then source/expansion rows")
     return parser.parse_args(argv)

@@ -62,6 +62,15 @@ def tiny_prototypes():
 
 
 @pytest.fixture(scope="session")
+def judge():
+    """The pixel RBF-SVM label judge trained on the real digits of the generator pool."""
+    from distdiff.pixel_judge import PixelJudge
+    from distdiff.registry import load_dataset
+
+    return PixelJudge(load_dataset("digits", "pool"))
+
+
+@pytest.fixture(scope="session")
 def digits_guide_checkpoint(tmp_path_factory):
     """An untrained smallcnn guide checkpoint for digits, written the way train_original.py writes one."""
     torch.manual_seed(0)

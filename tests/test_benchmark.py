@@ -1,4 +1,4 @@
-"""Tests for benchmarks/expand_throughput.py: the SD v1 tables, batched == reference output, the JSON line."""
+"""Tests for benchmarks/expand_throughput.py and sd_configs.py: SD v1 tables, batched == reference, the JSON line."""
 
 import importlib.util
 import json
@@ -11,7 +11,10 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from distdiff.sampling import default_resolution
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "expand_throughput.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: it imports sd_configs from beside it
 spec = importlib.util.spec_from_file_location("expand_throughput", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bench  # dataclasses look their module up there
@@ -34,29 +37,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_full_size_tables_are_sd_v1_and_build_its_parameter_counts():
+def test_full_size_tables_build_sd_v1_4s_published_parameter_counts():
     unet, vae, text = bench.SD_V1_UNET, bench.SD_V1_VAE, bench.SD_V1_TEXT_ENCODER
-    assert unet["block_out_channels"] == (320, 640, 1280, 1280)
-    assert unet["down_block_types"] == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
-    assert unet["up_block_types"] == ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
-    assert (unet["sample_size"], unet["layers_per_block"], unet["cross_attention_dim"], unet["attention_head_dim"],
-            unet["norm_num_groups"]) == (64, 2, 768, 8, 32)
-    assert vae["block_out_channels"] == (128, 256, 512, 512)
-    assert vae["down_block_types"] == ("DownEncoderBlock2D",) * 4
-    assert vae["up_block_types"] == ("UpDecoderBlock2D",) * 4
-    assert (vae["layers_per_block"], vae["latent_channels"], vae["sample_size"], vae["scaling_factor"]) == \
-        (2, 4, 512, 0.18215)
-    assert (text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"], text["intermediate_size"],
-            text["vocab_size"], text["max_position_embeddings"], text["hidden_act"]) == \
-        (768, 12, 12, 3072, 49408, 77, "quick_gelu")
-    scheduler = bench.SD_V1_SCHEDULER
-    assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["beta_schedule"], scheduler["steps_offset"]) == \
-        (0.00085, 0.012, "scaled_linear", 1)
     # On the meta device nothing is allocated: the published parameter counts of SD v1.4's parts.
     with torch.device("meta"):
-        counts = [sum(p.numel() for p in model.parameters()) for model in
-                  (UNet2DConditionModel(**unet), AutoencoderKL(**vae), CLIPTextModel(CLIPTextConfig(**text)))]
-    assert counts == [859_520_964, 83_653_863, 123_060_480]
+        models = UNet2DConditionModel(**unet), AutoencoderKL(**vae), CLIPTextModel(CLIPTextConfig(**text))
+    assert [sum(p.numel() for p in model.parameters()) for model in models] == [859_520_964, 83_653_863, 123_060_480]
+    assert default_resolution(models[0], models[1]) == 512  # SD v1's 64x64 latents, VAE factor 8
 
 
 def test_quick_tables_keep_the_sd_v1_layout_with_fewer_channels():
@@ -66,7 +53,7 @@ def test_quick_tables_keep_the_sd_v1_layout_with_fewer_channels():
         assert len(quick["block_out_channels"]) == len(full["block_out_channels"])
         assert all(q < f for q, f in zip(quick["block_out_channels"], full["block_out_channels"]))
     assert bench.QUICK_UNET["cross_attention_dim"] == bench.QUICK_TEXT_ENCODER["hidden_size"]
-    assert bench.guidance_step_for(50) == 20  # SPEC.md: M = 20 of 50 steps
+    assert bench.guidance_step_for(50) == 20  # the paper's M = 20 of 50 steps (docs/METHOD.md#defaults)
     assert bench.guidance_step_for(10) == 4
 
 

@@ -169,15 +169,6 @@ TXT2IMG_MIN_FIDELITY = 0.85
 IMG2IMG_MIN_FIDELITY = 0.85
 
 
-@pytest.fixture(scope="module")
-def judge():
-    """RBF-SVM judge trained on the real digits of the generator pool."""
-    from distdiff.registry import load_dataset
-    from distdiff.tiny_sd import PixelJudge
-
-    return PixelJudge(load_dataset("digits", "pool"))
-
-
 def test_generator_pool_is_disjoint_from_train_val_test():
     from distdiff.data import digits_split_indices
     from distdiff.registry import load_dataset
@@ -233,7 +224,7 @@ def test_shipped_checkpoint_loads_like_sd(tmp_path):
 
 
 def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
-    from distdiff.tiny_sd import generate, load_pipelines
+    from distdiff.pixel_judge import generate, load_pipelines
 
     txt2img, _ = load_pipelines(SHIPPED)
     labels = [d for d in range(10) for _ in range(2)]
@@ -245,7 +236,7 @@ def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
 
 def test_shipped_checkpoint_img2img_keeps_the_class(judge):
     from distdiff.registry import load_dataset
-    from distdiff.tiny_sd import generate, load_pipelines
+    from distdiff.pixel_judge import generate, load_pipelines
 
     _, img2img = load_pipelines(SHIPPED)
     train = load_dataset("digits", "train")

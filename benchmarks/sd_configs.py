@@ -1,7 +1,7 @@
 """Stable Diffusion v1.x component configurations as published, to build full-size models offline.
 
 Timing and memory do not depend on weight values, so a model built from these tables with random
-weights costs what SD v1.4 costs (benchmarks/expand_throughput.py).
+weights costs what SD v1.4 costs; expand_throughput.py, next to this file, is their only user.
 """
 
 # CompVis/stable-diffusion-v1-4 unet/config.json: 859,520,964 parameters.

@@ -2,6 +2,7 @@
 
     python parse_logs.py checkpoint/digits/smallcnn_unpretrained_lr0.1
     python parse_logs.py checkpoint/digits --multi --csv results.csv
+    python parse_logs.py checkpoint/digits --multi --plot results.png
 
 ± is the sample standard deviation over seeds (ddof=1). With --multi, PATH is searched for
 experiment folders (folders holding seed<N>/results.yaml) and a markdown table is printed.
@@ -10,7 +11,8 @@ experiment folders (folders holding seed<N>/results.yaml) and a markdown table i
 import argparse
 import sys
 
-from distdiff.results import find_experiments, format_experiment, markdown_table, summarize_experiment, write_csv
+from distdiff.results import (find_experiments, format_experiment, markdown_table, plot_summaries, summarize_experiment,
+                              write_csv)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -18,6 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("path", metavar="PATH", help="an experiment folder (with --multi: a folder of them)")
     parser.add_argument("--multi", action="store_true", help="one table row per experiment found under PATH")
     parser.add_argument("--csv", default=None, metavar="FILE", help="also write the summary as CSV")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the table as bars with std error bars")
     return parser.parse_args(argv)
 
 
@@ -36,6 +39,9 @@ def main(args: argparse.Namespace) -> list[dict]:
         if args.csv:
             write_csv(summaries, args.csv, root=args.path if args.multi else None)
             print(f"wrote {args.csv}")
+        if args.plot:
+            plot_summaries(summaries, args.plot, root=args.path if args.multi else None)
+            print(f"wrote {args.plot}")
     except ValueError as err:
         sys.exit(f"parse_logs.py: error: {err}")
     return summaries

@@ -24,6 +24,8 @@ from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, 
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.registry import dataset_spec, load_dataset
+from distdiff.report import build_report
+from distdiff.report_metrics import ReportError
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
                                START_INDEX_FORMULAS, STEPS, STRENGTH, encode_prompts, img2img_start_index,
                                load_stable_diffusion)
@@ -94,6 +96,8 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", choices=sorted(SOURCE_CROPS), default="center", help="source image to a square")
     p.add_argument("--cache_dir", default=None, help="VAE latent cache (default: <data_root>/latent_cache)")
     p.add_argument("--no_energy_log", action="store_true", help="skip measuring D_c/D_g for the manifest (faster)")
+    p.add_argument("--no_report", action="store_true",
+                   help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
 
 
 def _validate_schedule(args: argparse.Namespace) -> None:
@@ -188,6 +192,15 @@ def load_guide(args, train, state, device):
                        ls=args.ls if use_dg else 0.0)
 
 
+def write_run_report(args: argparse.Namespace, out: Path, guide_checkpoint: str | None, device) -> None:
+    """OUT/report.html + report.json; a report that cannot be made is a warning, the images stay valid."""
+    try:
+        build_report([out], data_root=args.data_root, dataset=args.dataset, guide_checkpoint=guide_checkpoint,
+                     device=device)
+    except (ReportError, DatasetError, ClassifierError) as err:
+        logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
+
+
 def run(args: argparse.Namespace) -> dict:
     """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
     validate(args)
@@ -235,6 +248,8 @@ def run(args: argparse.Namespace) -> dict:
         start_index=args.start_index)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
+    if not args.no_report and state.is_main_process:
+        write_run_report(args, out, params["guide_checkpoint"], device)
     return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
             "seconds": seconds, "summary": expansion.summarize_manifest(out / expansion.MANIFEST)}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from distdiff.files import atomic_write_text
+from distdiff.files import atomic_open, atomic_write_text
 
 RESULTS_NAME = "results.yaml"
 METRICS = ("best_accuracy", "final_accuracy", "val_selected_accuracy")
@@ -134,3 +134,43 @@ def format_experiment(summary: dict[str, Any]) -> str:
         lines.append(f"  {metric}: {format_value(summary['mean'][metric], summary['std'][metric])}  ({per_seed})")
     lines.append("  (± is the sample standard deviation over seeds, ddof=1)")
     return "\n".join(lines)
+
+
+def plot_summaries(summaries: list[dict[str, Any]], path: str | Path, *, root: str | Path | None = None
+                   ) -> list[tuple[str, str, float, float]]:
+    """Bar chart of the table (one group per experiment, one bar per metric) with the sample std as error bars.
+
+    Returns what was drawn, read back from the figure: (experiment, metric, bar height, error bar half-length).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = _columns(summaries)
+    if not metrics:
+        raise ValueError("no finished runs to plot (no results.yaml with accuracies).")
+    names = [os.path.relpath(s["experiment"], root) if root is not None else s["experiment"] for s in summaries]
+    width = 0.8 / len(metrics)
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(summaries) + 2), 4.5))
+    positions = np.arange(len(summaries))
+    drawn = []
+    for k, metric in enumerate(metrics):
+        means = [s["mean"].get(metric, np.nan) for s in summaries]
+        stds = [s["std"].get(metric) or 0.0 for s in summaries]  # one seed: no spread to draw
+        bars = axis.bar(positions + (k - (len(metrics) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
+                        label=metric)
+        segments = bars.errorbar.lines[2][0].get_segments()
+        drawn += [(name, metric, float(bar.get_height()), float(abs(seg[1][1] - seg[0][1]) / 2))
+                  for name, bar, seg in zip(names, bars, segments)]
+    finite = [s["mean"][m] for s in summaries for m in metrics if m in s["mean"]]
+    low = min(finite) - max(s["std"].get(m) or 0.0 for s in summaries for m in metrics)
+    axis.set_ylim(max(0.0, low - 2.0), min(100.0, max(finite) + 2.0))  # accuracies differ by points, not tens
+    axis.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel("test accuracy (%), mean ± sample std over seeds")
+    axis.legend(fontsize=8)
+    with atomic_open(path) as handle:
+        figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return drawn

@@ -1,0 +1,241 @@
+"""The expansion report: measure one or several expansion folders against the same real images.
+
+`build_report([OUT, ...], output_dir=DIR)` writes DIR/report.json (every number) and
+DIR/report.html (its numbers from that JSON, its PNG figures embedded). Sections:
+distribution distance (FID/KID, overall and per class, against the real train images that were
+expanded and against held-out real images, with the yardstick real train vs real held-out),
+label fidelity, copying, energies from manifest.jsonl, contact sheets. A section whose inputs an
+old run lacks (no manifest fields, no guide) is marked missing with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from distdiff import report_html
+from distdiff.augment import eval_transform
+from distdiff.classifiers import load_classifier
+from distdiff.data import LabeledImages, load_expanded
+from distdiff.expansion import MANIFEST, RUN_CONFIG, read_manifest
+from distdiff.files import atomic_write_text
+from distdiff.registry import load_dataset
+from distdiff.report_metrics import (ReportError, copy_distances, energy_summary, fid_kid, fid_kid_by_class,
+                                     guide_outputs, inception_features, label_fidelity, load_inception)
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+FORMAT_VERSION = 1
+HELDOUT_SPLIT = "test"  # the split the paper's FID is measured against is the real test set (Table 6)
+SHEET_SOURCES = 4  # sources per class on a contact sheet
+SHEET_SEED = 0
+BATCH_SIZE = 64
+INCEPTION_SIZE = 299  # InceptionV3's input size; images are resized to it so batches stack
+COPY_NAME = re.compile(r"(?P<stem>.+)_expand_(?P<copy>\d+)")
+# The expand_config.json fields shown for each run.
+CONFIG_FIELDS = ("guidance", "optimize_targets", "gs", "ls", "strength", "rho", "constraint_value", "K", "seed")
+
+
+@dataclass
+class Run:
+    """One expansion folder: its synthetic images, their sources in the train split, its manifest."""
+
+    name: str
+    path: Path
+    config: dict
+    images: LabeledImages
+    sources: torch.Tensor  # [M] index into the train split, -1 when a file name names no train image
+    records: list[dict] = field(default_factory=list)
+
+
+def _read_config(out: Path) -> dict:
+    path = out / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not valid JSON ({err}); restore it or pass --dataset.") from err
+
+
+def load_run(out: Path, train: LabeledImages, name: str) -> Run:
+    """The synthetic images of `out` (OUT/<class>/<stem>_expand_<i>.png) matched to their train sources."""
+    images = load_expanded(out, train.classes, prompt_template=train.prompt_template)
+    by_stem = {(s.label, s.stem): i for i, s in enumerate(train.samples)}
+    sources = []
+    for sample in images.samples:
+        match = COPY_NAME.fullmatch(Path(sample.source).stem)
+        sources.append(by_stem.get((sample.label, match["stem"]), -1) if match else -1)
+    kept = {str(Path(s.source).relative_to(out)) for s in images.samples}
+    records = [r for image, r in read_manifest(out / MANIFEST).items() if image in kept]
+    return Run(name, out, _read_config(out), images, torch.tensor(sources, dtype=torch.long), records)
+
+
+def run_names(outs: Sequence[Path]) -> list[str]:
+    """Short, unique names: the folder names, or their last two parts when folder names repeat."""
+    names = [p.name for p in outs]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}/{p.name}" for p in outs]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in outs]
+    return names
+
+
+def _dataset_of(outs: Sequence[Path], dataset: str | None) -> str:
+    found = {str(out): _read_config(out).get("dataset") for out in outs}
+    if dataset is None:
+        named = {d for d in found.values() if d}
+        if not named:
+            raise ReportError(f"no {RUN_CONFIG} names the dataset of {list(found)}; pass --dataset.")
+        if len(named) > 1:
+            raise ReportError(f"the expansions come from different datasets ({found}); a comparison measures them "
+                              f"against the same real images, so compare expansions of one dataset.")
+        dataset = named.pop()
+    return dataset
+
+
+def _guide_of(outs: Sequence[Path], guide_checkpoint: str | None) -> str | None:
+    if guide_checkpoint is not None:
+        return guide_checkpoint
+    guides = [_read_config(out).get("guide_checkpoint") for out in outs]
+    found = [g for g in guides if g and Path(g).is_file()]
+    if len(set(found)) > 1:
+        logger.warning("the expansions used different guides; measuring all in the features of %s", found[0])
+    return found[0] if found else None
+
+
+def _section_missing(reason: str) -> dict:
+    return {"status": "missing", "reason": reason}
+
+
+def _distribution(features: dict, labels: dict, runs: list[Run], classes: list[str], heldout: str) -> dict:
+    """FID/KID rows (set, reference) for one feature space; the yardstick row comes first."""
+    rows = [{"set": "real train (yardstick)", "reference": heldout,
+             **fid_kid_by_class(features[heldout], labels[heldout], features["train"], labels["train"], classes)}]
+    for run in runs:
+        for reference in ("train", heldout):
+            rows.append({"set": run.name, "reference": reference,
+                         **fid_kid_by_class(features[reference], labels[reference], features[run.name],
+                                            labels[run.name], classes)})
+    return {"status": "ok", "rows": rows}
+
+
+def _guide_sections(guide_path: str, judge_path: str | None, sets: dict, runs: list[Run], classes: list[str],
+                    heldout: str, *, batch_size: int, device) -> dict:
+    model, info = load_classifier(guide_path, device)
+    if list(info["classes"]) != list(classes):
+        raise ReportError(f"guide {guide_path} was trained on other classes ({info['classes'][:5]}...); "
+                          f"pass --guide_checkpoint of a guide of this dataset.")
+    transform = eval_transform(info["image_size"], info["mean"], info["std"])
+    features, predicted = {}, {}
+    for name, images in sets.items():
+        features[name], predicted[name] = guide_outputs(model, images.with_transform(transform),
+                                                        batch_size=batch_size, device=device)
+    labels = {name: torch.tensor(images.labels) for name, images in sets.items()}
+    fidelity = {"guide": {name: label_fidelity(predicted[name], labels[name], classes)
+                          for name in [run.name for run in runs] + [heldout]}}
+    if judge_path:
+        judge, judge_info = load_classifier(judge_path, device)
+        judge_transform = eval_transform(judge_info["image_size"], judge_info["mean"], judge_info["std"])
+        fidelity["judge"] = {}
+        for name in [run.name for run in runs] + [heldout]:
+            _, judged = guide_outputs(judge, sets[name].with_transform(judge_transform), batch_size=batch_size,
+                                      device=device)
+            fidelity["judge"][name] = label_fidelity(judged, labels[name], classes)
+        fidelity["judge_checkpoint"] = str(judge_path)
+    copying = {run.name: copy_distances(features[run.name][run.sources >= 0], run.sources[run.sources >= 0],
+                                        features["train"]) for run in runs}
+    same_class = [torch.pdist(features["train"][labels["train"] == c]) for c in range(len(classes))]
+    copying["real train, same class (yardstick)"] = {"among_copies": float(torch.cat(same_class).mean())}
+    return {"distribution": _distribution(features, labels, runs, classes, heldout), "label_fidelity": fidelity,
+            "copying": copying}
+
+
+def _inception_section(weights: str, sets: dict, runs: list[Run], classes: list[str], heldout: str, *,
+                       batch_size: int, device) -> dict:
+    model = load_inception(weights, device)
+    to_uint8 = v2.Compose([v2.Resize((INCEPTION_SIZE, INCEPTION_SIZE)), v2.ToImage()])
+    features = {name: inception_features(model, images.with_transform(to_uint8), batch_size=batch_size,
+                                         device=device) for name, images in sets.items()}
+    labels = {name: torch.tensor(images.labels) for name, images in sets.items()}
+    return _distribution(features, labels, runs, classes, heldout) | {"weights": str(weights)}
+
+
+def _check_outs(outs: Sequence[Path]) -> list[Path]:
+    outs = [Path(out) for out in outs]
+    if not outs:
+        raise ReportError("give at least one expansion folder OUT.")
+    missing = [str(out) for out in outs if not out.is_dir()]
+    if missing:
+        raise ReportError(f"expansion folder(s) {missing} do not exist; pass folders that expand.py wrote.")
+    return outs
+
+
+def build_report(outs: Sequence[str | Path], *, output_dir: str | Path | None = None, data_root: str | Path = "data",
+                 dataset: str | None = None, guide_checkpoint: str | None = None, judge_checkpoint: str | None = None,
+                 inception_weights: str | None = None, heldout_split: str = HELDOUT_SPLIT,
+                 sheet_sources: int = SHEET_SOURCES, seed: int = SHEET_SEED, batch_size: int = BATCH_SIZE,
+                 device: str | torch.device = "cpu") -> dict:
+    """Measure the expansions `outs` and write report.json + report.html into output_dir (default: the one OUT)."""
+    begin = time.perf_counter()
+    outs = _check_outs(outs)
+    if output_dir is None:
+        if len(outs) > 1:
+            raise ReportError("a comparison of several expansions needs --output_dir for its report.")
+        output_dir = outs[0]
+    output_dir = Path(output_dir)
+    dataset = _dataset_of(outs, dataset)
+    train = load_dataset(dataset, "train", root=data_root)
+    held = load_dataset(dataset, heldout_split, root=data_root)
+    classes = list(train.classes)
+    runs = [load_run(out, train, name) for out, name in zip(outs, run_names(outs))]
+    sets = {"train": train, heldout_split: held} | {run.name: run.images for run in runs}
+    report = {"format_version": FORMAT_VERSION, "dataset": dataset, "classes": classes,
+              "real": {"train": {"split": "train", "n": len(train)},
+                       "heldout": {"split": heldout_split, "n": len(held)}},
+              "runs": [{"name": run.name, "path": str(run.path), "images": len(run.images),
+                        "sources": int(torch.unique(run.sources[run.sources >= 0]).numel()),
+                        "unmatched_images": int((run.sources < 0).sum()), "manifest_records": len(run.records),
+                        "config": {k: run.config[k] for k in CONFIG_FIELDS if k in run.config}} for run in runs]}
+    guide = _guide_of(outs, guide_checkpoint)
+    report["guide_checkpoint"] = guide
+    if guide is None:
+        reason = "no guide checkpoint (none in expand_config.json and no --guide_checkpoint)"
+        report |= {"distribution": {"guide": _section_missing(reason)}, "label_fidelity": _section_missing(reason),
+                   "copying": _section_missing(reason)}
+    else:
+        sections = _guide_sections(guide, judge_checkpoint, sets, runs, classes, heldout_split,
+                                   batch_size=batch_size, device=device)
+        report |= {"distribution": {"guide": sections["distribution"]}, "label_fidelity": sections["label_fidelity"],
+                   "copying": sections["copying"]}
+    report["distribution"]["inception"] = (
+        _inception_section(inception_weights, sets, runs, classes, heldout_split, batch_size=batch_size,
+                           device=device) if inception_weights
+        else _section_missing("no --inception_weights given (InceptionV3 weights are never downloaded)"))
+    report["energies"] = {run.name: (energy_summary(run.records) if run.records
+                                     else _section_missing(f"no {MANIFEST} records for its images"))
+                          for run in runs}
+    report["figures"], images = report_html.make_figures(report, runs, train, sheet_sources=sheet_sources, seed=seed)
+    report["seconds"] = round(time.perf_counter() - begin, 2)
+    write_report(report, images, output_dir)
+    return report
+
+
+def write_report(report: dict, images: dict[str, bytes], output_dir: Path) -> None:
+    """report.json and report.html, both written atomically."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / REPORT_JSON, json.dumps(report, indent=1, sort_keys=False))
+    atomic_write_text(output_dir / REPORT_HTML, report_html.render(report, images))
+    logger.info("wrote %s and %s", output_dir / REPORT_JSON, output_dir / REPORT_HTML)
+

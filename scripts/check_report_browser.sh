@@ -1,0 +1,28 @@
+#!/bin/sh
+# Render OUT/report.html in headless Chromium (Debian package `chromium`) to OUT/report_screenshot.png,
+# so a person can see that the page shows its images and tables. Nothing is fetched: the report is
+# one self-contained file and Chromium's background networking is off.
+#   sh scripts/check_report_browser.sh OUT [WIDTH,HEIGHT]
+set -eu
+if [ "$#" -lt 1 ]; then
+  echo "usage: $0 OUT [WIDTH,HEIGHT]  (OUT holds report.html, from expand.py or scripts/report.py)" >&2
+  exit 2
+fi
+OUT=$(cd "$1" && pwd)
+SIZE=${2:-1280,4000}
+if [ ! -f "$OUT/report.html" ]; then
+  echo "$0: $OUT/report.html does not exist; run python scripts/report.py $1 first" >&2
+  exit 1
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "$0: chromium not found; install it with: apt-get update && apt-get install -y chromium" >&2
+  exit 1
+fi
+PROFILE=$(mktemp -d)
+trap 'rm -rf "$PROFILE"' EXIT
+chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+  --disable-sync --no-first-run --user-data-dir="$PROFILE" --hide-scrollbars \
+  --screenshot="$OUT/report_screenshot.png" --window-size="$SIZE" "file://$OUT/report.html" 2>"$PROFILE/chromium.log" \
+  || { cat "$PROFILE/chromium.log" >&2; exit 1; }
+test -s "$OUT/report_screenshot.png"
+echo "wrote $OUT/report_screenshot.png"

@@ -1,0 +1,240 @@
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+import expand
+from distdiff.registry import load_dataset
+from distdiff.expansion import MANIFEST, RUN_CONFIG
+from distdiff.report import REPORT_HTML, REPORT_JSON, build_report
+from distdiff.report_html import fmt, seeded_sources
+from distdiff.report_metrics import ReportError, fid_kid, label_fidelity
+from distdiff.sampling import ENERGY_KEYS
+from scripts import report as report_cli
+
+SOURCES_PER_CLASS = 2  # a tiny expansion: the first 2 train images of every class
+COPIES = 2
+
+
+def fake_expansion(out: Path, guide: Path | None, *, change=lambda image: image, energies: bool = True,
+                   config: bool = True) -> list[dict]:
+    """An expansion folder as expand.py lays it out, its 'copies' made from the sources by `change`."""
+    train = load_dataset("digits", "train")
+    records, seen = [], {}
+    for index, sample in enumerate(train.samples):
+        seen[sample.label] = seen.get(sample.label, 0) + 1
+        if seen[sample.label] > SOURCES_PER_CLASS:
+            continue
+        for copy in range(COPIES):
+            image = f"{sample.label}/{sample.stem}_expand_{copy}.png"
+            (out / str(sample.label)).mkdir(parents=True, exist_ok=True)
+            change(train.load_image(index)).save(out / image)
+            record = {"image": image, "source": f"digits:{sample.stem}", "class": str(sample.label),
+                      "label": sample.label, "copy": copy, "seed": copy}
+            if energies:
+                record |= {k: 0.3 - 0.01 * copy - (0.05 if k.endswith(("after", "final")) else 0.0)
+                           for k in ENERGY_KEYS}
+            records.append(record)
+    (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in records))
+    if config:
+        (out / RUN_CONFIG).write_text(json.dumps({"dataset": "digits", "guidance": "transform",
+                                                  "guide_checkpoint": str(guide) if guide else None}))
+    return records
+
+
+class Links(HTMLParser):
+    """Collects src/href attributes and the visible text of a page (not the style sheet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.text, self.tags = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.links += [value for name, value in attrs if name in ("src", "href")]
+
+    def handle_endtag(self, tag):
+        self.tags.append(f"/{tag}")
+
+    def handle_data(self, data):
+        if not self.tags or self.tags[-1] != "style":
+            self.text.append(data)
+
+
+def parse_page(path: Path) -> Links:
+    parser = Links()
+    parser.feed(path.read_text())
+    return parser
+
+
+def json_values(node, numbers: set, strings: list) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            strings.append(str(key))
+            json_values(value, numbers, strings)
+    elif isinstance(node, list):
+        for value in node:
+            json_values(value, numbers, strings)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        numbers.add(fmt(node))
+    elif isinstance(node, str):
+        strings.append(node)
+
+
+@pytest.fixture(scope="module")
+def copies_report(tmp_path_factory, digits_guide_checkpoint):
+    """Report of an 'expansion' that returns its sources unchanged."""
+    out = tmp_path_factory.mktemp("copies") / "identity_2x"
+    records = fake_expansion(out, digits_guide_checkpoint)
+    return out, records, build_report([out])
+
+
+def test_report_json_of_a_tiny_expansion(copies_report):
+    out, records, report = copies_report
+    saved = json.loads((out / REPORT_JSON).read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert report["real"] == {"train": {"split": "train", "n": 100}, "heldout": {"split": "test", "n": 600}}
+    assert report["runs"][0] | {"path": None} == {
+        "name": "identity_2x", "path": None, "images": 40, "sources": 20, "unmatched_images": 0,
+        "manifest_records": 40, "config": {"guidance": "transform"}}
+    rows = report["distribution"]["guide"]["rows"]
+    assert [(r["set"], r["reference"]) for r in rows] == [
+        ("real train (yardstick)", "test"), ("identity_2x", "train"), ("identity_2x", "test")]
+    assert rows[1]["overall"]["n_real"] == 100 and rows[1]["overall"]["n_fake"] == 40
+    assert sorted(rows[1]["per_class"]) == [str(d) for d in range(10)]
+    assert rows[1]["per_class"]["3"]["n_real"] == 10 and rows[1]["per_class"]["3"]["n_fake"] == 4
+    copying = report["copying"]["identity_2x"]
+    assert copying["sources"] == 20 and copying["unchanged_share"] == 1.0
+    assert copying["copy_to_source"] == pytest.approx(0.0, abs=1e-5)
+    assert copying["among_copies"] == pytest.approx(0.0, abs=1e-5)
+    assert report["copying"]["real train, same class (yardstick)"]["among_copies"] > 0.01
+    fidelity = report["label_fidelity"]["guide"]["identity_2x"]
+    assert fidelity["overall"]["n"] == 40 and sorted(fidelity["per_class"]) == [str(d) for d in range(10)]
+    d_c = report["energies"]["identity_2x"]["D_c"]
+    assert d_c["before"]["mean"] == pytest.approx(sum(r["D_c_before"] for r in records) / len(records))
+    assert d_c["moved_closer_by_guidance"] == 1.0 and sum(d_c["final"]["histogram"]) == 40
+    assert report["distribution"]["inception"]["status"] == "missing"
+
+
+def test_html_is_one_file_whose_images_are_embedded_pngs(copies_report):
+    out, _, report = copies_report
+    page = parse_page(out / REPORT_HTML)
+    assert len(page.links) == 11  # 10 contact sheets and the energy histograms
+    for link in page.links:
+        assert link.startswith("data:image/png;base64,"), link[:60]
+        with Image.open(io.BytesIO(base64.b64decode(link.split(",", 1)[1]))) as image:
+            image.verify()
+    assert "http" not in (out / REPORT_HTML).read_text()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [str(d) for d in range(10)]  # no figure folder
+    sheets = report["figures"]["identity_2x"]["contact_sheets"]
+    assert sorted(sheets) == [str(d) for d in range(10)] and all(len(s["sources"]) == 2 for s in sheets.values())
+
+
+def test_every_number_on_the_page_is_in_report_json(copies_report):
+    out, _, report = copies_report
+    numbers, strings = set(), []
+    json_values(report, numbers, strings)
+    text = " ".join(parse_page(out / REPORT_HTML).text)
+    shown = re.findall(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)
+    assert len(shown) > 100
+    orphans = [n for n in shown if n not in numbers and not any(n in s for s in strings)]
+    assert orphans == []
+
+
+def test_fid_and_kid_separate_a_shifted_set(tmp_path, digits_guide_checkpoint):
+    same = tmp_path / "same"
+    fake_expansion(same, digits_guide_checkpoint)
+    shifted = tmp_path / "inverted"
+    fake_expansion(shifted, digits_guide_checkpoint, change=ImageOps.invert)
+    report = build_report([same, shifted], output_dir=tmp_path / "comparison")
+    rows = {(r["set"], r["reference"]): r["overall"] for r in report["distribution"]["guide"]["rows"]}
+    assert rows[("inverted", "train")]["fid"] > 10 * rows[("same", "train")]["fid"]
+    assert rows[("inverted", "train")]["kid_mean"] > 10 * abs(rows[("same", "train")]["kid_mean"])
+    assert report["copying"]["inverted"]["unchanged_share"] == 0.0
+    # Both runs are measured against the same real images and shown with the same sources.
+    assert rows[("same", "test")]["n_real"] == rows[("inverted", "test")]["n_real"] == 600
+    sheets = report["figures"]
+    for cls in map(str, range(10)):
+        assert sheets["same"]["contact_sheets"][cls]["sources"] == sheets["inverted"]["contact_sheets"][cls]["sources"]
+    assert (tmp_path / "comparison" / REPORT_HTML).is_file()
+
+
+def test_fid_kid_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
+    generator = torch.Generator().manual_seed(0)
+    real = F.normalize(torch.randn(200, 16, generator=generator), dim=1)
+    itself = fid_kid(real, real)
+    assert itself["fid"] == pytest.approx(0.0, abs=1e-6) and abs(itself["kid_mean"]) < 2e-3
+    assert itself["kid_subset_size"] == 100 and itself["kid_std"] > 0  # half the set: subsets differ
+    shifted = fid_kid(real, F.normalize(real + 0.5, dim=1))
+    assert shifted["fid"] > 0.5 and shifted["kid_mean"] > 50 * abs(itself["kid_mean"])
+    assert fid_kid(real, real[:3])["fid"] is None  # too few images: no number rather than a wrong one
+
+
+def test_label_fidelity_of_a_hand_made_set():
+    result = label_fidelity(torch.tensor([0, 1, 1, 2, 2, 0]), torch.tensor([0, 1, 2, 2, 2, 1]), ["a", "b", "c"])
+    assert result["overall"] == {"share": pytest.approx(4 / 6), "n": 6}
+    assert result["per_class"]["a"] == {"share": 1.0, "n": 1}
+    assert result["per_class"]["b"] == {"share": 0.5, "n": 2}
+    assert result["per_class"]["c"]["share"] == pytest.approx(2 / 3)
+
+
+def test_seeded_sources_are_fixed_and_shared_by_runs():
+    labels = [0] * 6 + [1] * 4
+    everything = torch.arange(10)
+    chosen = seeded_sources(everything, labels, 0, 3, seed=0)
+    assert chosen == seeded_sources(everything, labels, 0, 3, seed=0) and len(chosen) == 3
+    assert all(labels[s] == 0 for s in chosen)
+    assert seeded_sources(torch.tensor([c for c in range(10) if c != chosen[0]]), labels, 0, 2, seed=0) == chosen[1:]
+    assert {tuple(seeded_sources(everything, labels, 0, 3, seed=s)) for s in range(8)} != {tuple(chosen)}
+
+
+def test_an_old_run_without_energies_or_config_gets_missing_sections(tmp_path):
+    out = tmp_path / "old"
+    fake_expansion(out, None, energies=False, config=False)
+    with pytest.raises(ReportError, match="pass --dataset"):
+        build_report([out])
+    report = build_report([out], dataset="digits")
+    assert report["distribution"]["guide"]["status"] == "missing"
+    assert report["label_fidelity"]["status"] == "missing" and report["copying"]["status"] == "missing"
+    assert report["energies"]["old"]["D_c"]["status"] == "missing"
+    page = (out / REPORT_HTML).read_text()
+    assert page.count('class="missing"') >= 5 and "no guide checkpoint" in page
+    (out / MANIFEST).unlink()
+    assert build_report([out], dataset="digits")["energies"]["old"]["status"] == "missing"
+
+
+def test_report_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="do not exist"):
+        report_cli.main(report_cli.parse_args([str(tmp_path / "nowhere")]))
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, name in ((a, "digits"), (b, "imagefolder:/x")):
+        out.mkdir()
+        (out / RUN_CONFIG).write_text(json.dumps({"dataset": name}))
+    with pytest.raises(SystemExit, match="different datasets"):
+        report_cli.main(report_cli.parse_args([str(a), str(b), "--output_dir", str(tmp_path / "r")]))
+    with pytest.raises(SystemExit, match="needs --output_dir"):
+        report_cli.main(report_cli.parse_args([str(a), str(a / ".." / "a")]))
+
+
+def test_expand_writes_the_report_at_the_end_unless_told_not_to(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
+    argv = ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+            "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2", "--num_images_per_prompt", "2",
+            "--steps", "4", "--guidance_step", "2", "--guidance_period", "1", "--batch_size", "4"]
+    out = tmp_path / "out"
+    expand.main(expand.parse_args(argv + ["--output_dir", str(out)]))
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert report["runs"][0]["images"] == 4 and report["runs"][0]["manifest_records"] == 4
+    manifest = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert report["energies"]["out"]["D_g"]["final"]["mean"] == pytest.approx(
+        sum(r["D_g_final"] for r in manifest) / 4)
+    assert (out / REPORT_HTML).is_file()
+    skipped = tmp_path / "skipped"
+    expand.main(expand.parse_args(argv + ["--output_dir", str(skipped), "--no_report"]))
+    assert not (skipped / REPORT_JSON).exists() and (skipped / MANIFEST).is_file()

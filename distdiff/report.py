@@ -42,6 +42,7 @@ SHEET_SOURCES = 4  # sources per class on a contact sheet
 SHEET_SEED = 0
 BATCH_SIZE = 64
 INCEPTION_SIZE = 299  # InceptionV3's input size; images are resized to it so batches stack
+INCEPTION_INPUT = v2.Compose([v2.Resize((INCEPTION_SIZE, INCEPTION_SIZE)), v2.ToImage()])  # PIL -> uint8 [3,H,W]
 COPY_NAME = re.compile(r"(?P<stem>.+)_expand_(?P<copy>\d+)")
 # The expand_config.json fields shown for each run.
 CONFIG_FIELDS = ("guidance", "optimize_targets", "gs", "ls", "strength", "rho", "constraint_value", "K", "seed")
@@ -165,8 +166,7 @@ def _guide_sections(guide_path: str, judge_path: str | None, sets: dict, runs: l
 def _inception_section(weights: str, sets: dict, runs: list[Run], classes: list[str], heldout: str, *,
                        batch_size: int, device) -> dict:
     model = load_inception(weights, device)
-    to_uint8 = v2.Compose([v2.Resize((INCEPTION_SIZE, INCEPTION_SIZE)), v2.ToImage()])
-    features = {name: inception_features(model, images.with_transform(to_uint8), batch_size=batch_size,
+    features = {name: inception_features(model, images.with_transform(INCEPTION_INPUT), batch_size=batch_size,
                                          device=device) for name, images in sets.items()}
     labels = {name: torch.tensor(images.labels) for name, images in sets.items()}
     return _distribution(features, labels, runs, classes, heldout) | {"weights": str(weights)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -169,7 +170,7 @@ def load_inception(weights_path: str | Path | None, device: str | torch.device =
     try:
         model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIM)],
                                    feature_extractor_weights_path=str(weights_path))
-    except (RuntimeError, OSError, EOFError, KeyError) as err:
+    except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as err:
         raise ReportError(f"{weights_path} is not the InceptionV3 weights file {INCEPTION_FILE} ({err}); "
                           f"download it from {INCEPTION_URL}.") from err
     return model.to(device).eval()

@@ -13,9 +13,11 @@ from PIL import Image, ImageOps
 import expand
 from distdiff.registry import load_dataset
 from distdiff.expansion import MANIFEST, RUN_CONFIG
-from distdiff.report import REPORT_HTML, REPORT_JSON, build_report
+from distdiff import report as report_module
+from distdiff.report import INCEPTION_INPUT, REPORT_HTML, REPORT_JSON, build_report
 from distdiff.report_html import fmt, seeded_sources
-from distdiff.report_metrics import ReportError, fid_kid, label_fidelity
+from distdiff.report_metrics import (INCEPTION_FILE, INCEPTION_URL, ReportError, fid_kid, inception_features,
+                                     label_fidelity, load_inception)
 from distdiff.sampling import ENERGY_KEYS
 from scripts import report as report_cli
 
@@ -153,7 +155,8 @@ def test_fid_and_kid_separate_a_shifted_set(tmp_path, digits_guide_checkpoint):
     fake_expansion(same, digits_guide_checkpoint)
     shifted = tmp_path / "inverted"
     fake_expansion(shifted, digits_guide_checkpoint, change=ImageOps.invert)
-    report = build_report([same, shifted], output_dir=tmp_path / "comparison")
+    report = build_report([same, shifted], output_dir=tmp_path / "comparison",
+                          judge_checkpoint=str(digits_guide_checkpoint))
     rows = {(r["set"], r["reference"]): r["overall"] for r in report["distribution"]["guide"]["rows"]}
     assert rows[("inverted", "train")]["fid"] > 10 * rows[("same", "train")]["fid"]
     assert rows[("inverted", "train")]["kid_mean"] > 10 * abs(rows[("same", "train")]["kid_mean"])
@@ -163,7 +166,10 @@ def test_fid_and_kid_separate_a_shifted_set(tmp_path, digits_guide_checkpoint):
     sheets = report["figures"]
     for cls in map(str, range(10)):
         assert sheets["same"]["contact_sheets"][cls]["sources"] == sheets["inverted"]["contact_sheets"][cls]["sources"]
-    assert (tmp_path / "comparison" / REPORT_HTML).is_file()
+    fidelity = report["label_fidelity"]
+    assert fidelity["judge"] == fidelity["guide"] and fidelity["judge_checkpoint"] == str(digits_guide_checkpoint)
+    assert sorted(fidelity["judge"]) == ["inverted", "same", "test"]
+    assert "judged by the judge" in (tmp_path / "comparison" / REPORT_HTML).read_text()
 
 
 def test_fid_kid_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
@@ -238,3 +244,50 @@ def test_expand_writes_the_report_at_the_end_unless_told_not_to(tmp_path, tiny_s
     skipped = tmp_path / "skipped"
     expand.main(expand.parse_args(argv + ["--output_dir", str(skipped), "--no_report"]))
     assert not (skipped / REPORT_JSON).exists() and (skipped / MANIFEST).is_file()
+
+
+def test_missing_inception_weights_name_the_file_and_where_it_comes_from(tmp_path):
+    with pytest.raises(ReportError, match=re.escape(INCEPTION_FILE)) as err:
+        load_inception(tmp_path / "nowhere.pth")
+    assert INCEPTION_URL in str(err.value) and "nothing is downloaded" in str(err.value)
+    (tmp_path / "junk.pth").write_bytes(b"not torch")
+    with pytest.raises(ReportError, match="is not the InceptionV3 weights"):
+        load_inception(tmp_path / "junk.pth")
+
+
+def test_inception_features_from_a_local_weights_file(tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with monkeypatch.context() as patch:  # random weights, saved the way the real file is: nothing downloaded
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: None)
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *args, **kwargs: None)
+        torch.manual_seed(0)
+        torch.save(NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).state_dict(),
+                   tmp_path / INCEPTION_FILE)
+    model = load_inception(tmp_path / INCEPTION_FILE)
+    images = load_dataset("digits", "train").subset(range(4))
+    features = inception_features(model, images.with_transform(INCEPTION_INPUT), batch_size=2, device="cpu")
+    assert features.shape == (4, 2048) and torch.isfinite(features).all()
+    assert not torch.allclose(features[0], features[1])
+
+
+class FakeInception(torch.nn.Module):
+    """Stands in for InceptionV3: checks the input contract (uint8, 299 px) and returns 8 pooled features."""
+
+    def forward(self, images):
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 299, 299)
+        return F.adaptive_avg_pool2d(images.float(), 2).flatten(1)[:, :8]
+
+
+def test_report_with_inception_weights_adds_the_inception_table(tmp_path, monkeypatch, digits_guide_checkpoint):
+    out = tmp_path / "run"
+    fake_expansion(out, digits_guide_checkpoint)
+    monkeypatch.setattr(report_module, "load_inception", lambda weights, device: FakeInception())
+    report = build_report([out], inception_weights=str(tmp_path / "weights.pth"))
+    section = report["distribution"]["inception"]
+    assert section["status"] == "ok" and section["weights"] == str(tmp_path / "weights.pth")
+    assert [(r["set"], r["reference"]) for r in section["rows"]] == [
+        ("real train (yardstick)", "test"), ("run", "train"), ("run", "test")]
+    assert section["rows"][1]["overall"]["n_fake"] == 40 and section["rows"][1]["overall"]["fid"] >= 0
+    assert "Distribution distance: inception features" in (out / REPORT_HTML).read_text()

@@ -83,12 +83,15 @@ def load_run(out: Path, train: LabeledImages, name: str) -> Run:
     return Run(name, out, _read_config(out), images, torch.tensor(sources, dtype=torch.long), records)
 
 
-def run_names(outs: Sequence[Path]) -> list[str]:
-    """Short, unique names: the folder names, or their last two parts when folder names repeat."""
+def run_names(outs: Sequence[Path], reserved: Sequence[str] = ()) -> list[str]:
+    """Short, unique names: the folder names, or their last two parts when folder names repeat.
+
+    `reserved` names (the real splits' rows) get their parent folder prepended so no row is ambiguous.
+    """
     names = [p.name for p in outs]
-    if len(set(names)) < len(names):
+    if len(set(names)) < len(names) or set(names) & set(reserved):
         names = [f"{p.parent.name}/{p.name}" for p in outs]
-    if len(set(names)) < len(names):
+    if len(set(names)) < len(names) or set(names) & set(reserved):
         names = [str(p) for p in outs]
     return names
 
@@ -199,7 +202,7 @@ def build_report(outs: Sequence[str | Path], *, output_dir: str | Path | None = 
     train = load_dataset(dataset, "train", root=data_root)
     held = load_dataset(dataset, heldout_split, root=data_root)
     classes = list(train.classes)
-    runs = [load_run(out, train, name) for out, name in zip(outs, run_names(outs))]
+    runs = [load_run(out, train, name) for out, name in zip(outs, run_names(outs, ("train", heldout_split)))]
     sets = {"train": train, heldout_split: held} | {run.name: run.images for run in runs}
     report = {"format_version": FORMAT_VERSION, "dataset": dataset, "classes": classes,
               "real": {"train": {"split": "train", "n": len(train)},

@@ -145,7 +145,7 @@ def cli(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
         return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
                 "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "3",
                 "--num_images_per_prompt", "2", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
-                "--batch_size", "4", *extra]
+                "--batch_size", "4", "--no_report", *extra]  # the report has its own tests (test_report.py)
     return argv
 
 

@@ -14,7 +14,7 @@ import expand
 from distdiff.registry import load_dataset
 from distdiff.expansion import MANIFEST, RUN_CONFIG
 from distdiff import report as report_module
-from distdiff.report import INCEPTION_INPUT, REPORT_HTML, REPORT_JSON, build_report
+from distdiff.report import INCEPTION_INPUT, REPORT_HTML, REPORT_JSON, build_report, run_names
 from distdiff.report_html import fmt, seeded_sources
 from distdiff.report_metrics import (INCEPTION_FILE, INCEPTION_URL, ReportError, fid_kid, inception_features,
                                      label_fidelity, load_inception)
@@ -291,3 +291,9 @@ def test_report_with_inception_weights_adds_the_inception_table(tmp_path, monkey
         ("real train (yardstick)", "test"), ("run", "train"), ("run", "test")]
     assert section["rows"][1]["overall"]["n_fake"] == 40 and section["rows"][1]["overall"]["fid"] >= 0
     assert "Distribution distance: inception features" in (out / REPORT_HTML).read_text()
+
+
+def test_run_names_are_short_unique_and_never_a_real_split():
+    assert run_names([Path("e/digits/sd_5x"), Path("e/digits/distdiff_5x")]) == ["sd_5x", "distdiff_5x"]
+    assert run_names([Path("a/x/run"), Path("b/y/run")]) == ["x/run", "y/run"]
+    assert run_names([Path("e/digits/test")], ("train", "test")) == ["digits/test"]

@@ -275,8 +275,9 @@ def _energies(report: dict, images: dict[str, bytes]) -> str:
 
 
 def _sheets(report: dict, images: dict[str, bytes]) -> str:
-    out = ("<h2>Contact sheets</h2><p>Per class, a fixed seeded sample of source images (left, after the gap) "
-           "each followed by its copies; a comparison shows the same sources for every expansion.</p>")
+    out = ("<h2>Contact sheets</h2><p>Per class, a fixed seeded sample of source images, one per row: the real "
+           "source first, then a wider gap, then its synthetic copies. A comparison shows the same sources for "
+           "every expansion.</p>")
     for name, entry in report["figures"].items():
         out += f"<h3>{_e(name)}</h3>"
         for cls, sheet in entry["contact_sheets"].items():

@@ -4,8 +4,8 @@ Every metric works on features computed once per image set, so a comparison of s
 expansions measures each against the very same real features. Two feature spaces:
 - the guide classifier's pooled features, L2-normalised: the space the prototypes, the energy
   D_c/D_g and the guidance live in (docs/METHOD.md); works offline on every dataset;
-- InceptionV3's 2048-d pool features (the space of the paper's FID-3K, Table 6), from a local
-  weights file only.
+- InceptionV3's 2048-d pool features (the standard FID feature space), from a local weights
+  file only.
 FID and KID are torchmetrics' (FrechetInceptionDistance / KernelInceptionDistance) fed through a
 pass-through feature module, so the Fréchet and MMD math is theirs.
 """

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -29,8 +28,8 @@ from distdiff.data import LabeledImages, load_expanded
 from distdiff.expansion import MANIFEST, RUN_CONFIG, read_manifest
 from distdiff.files import atomic_write_text
 from distdiff.registry import load_dataset
-from distdiff.report_metrics import (ReportError, copy_distances, energy_summary, fid_kid, fid_kid_by_class,
-                                     guide_outputs, inception_features, label_fidelity, load_inception)
+from distdiff.report_metrics import (ReportError, copy_distances, energy_summary, fid_kid_by_class, guide_outputs,
+                                     inception_features, label_fidelity, load_inception)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def _read_config(out: Path) -> dict:
 
 def load_run(out: Path, train: LabeledImages, name: str) -> Run:
     """The synthetic images of `out` (OUT/<class>/<stem>_expand_<i>.png) matched to their train sources."""
-    images = load_expanded(out, train.classes, prompt_template=train.prompt_template)
+    images = load_expanded(out, train.classes)
     by_stem = {(s.label, s.stem): i for i, s in enumerate(train.samples)}
     sources = []
     for sample in images.samples:
@@ -135,13 +134,18 @@ def _distribution(features: dict, labels: dict, runs: list[Run], classes: list[s
     return {"status": "ok", "rows": rows}
 
 
+def _classifier_of(path: str, classes: list[str], flag: str, device):
+    """(model, its eval transform) of a checkpoint trained on `classes`."""
+    model, info = load_classifier(path, device)
+    if list(info["classes"]) != list(classes):
+        raise ReportError(f"{flag} {path} was trained on other classes ({info['classes'][:5]}...) than the "
+                          f"expanded dataset's ({classes[:5]}...); pass a checkpoint of this dataset.")
+    return model, eval_transform(info["image_size"], info["mean"], info["std"])
+
+
 def _guide_sections(guide_path: str, judge_path: str | None, sets: dict, runs: list[Run], classes: list[str],
                     heldout: str, *, batch_size: int, device) -> dict:
-    model, info = load_classifier(guide_path, device)
-    if list(info["classes"]) != list(classes):
-        raise ReportError(f"guide {guide_path} was trained on other classes ({info['classes'][:5]}...); "
-                          f"pass --guide_checkpoint of a guide of this dataset.")
-    transform = eval_transform(info["image_size"], info["mean"], info["std"])
+    model, transform = _classifier_of(guide_path, classes, "--guide_checkpoint", device)
     features, predicted = {}, {}
     for name, images in sets.items():
         features[name], predicted[name] = guide_outputs(model, images.with_transform(transform),
@@ -150,8 +154,7 @@ def _guide_sections(guide_path: str, judge_path: str | None, sets: dict, runs: l
     fidelity = {"guide": {name: label_fidelity(predicted[name], labels[name], classes)
                           for name in [run.name for run in runs] + [heldout]}}
     if judge_path:
-        judge, judge_info = load_classifier(judge_path, device)
-        judge_transform = eval_transform(judge_info["image_size"], judge_info["mean"], judge_info["std"])
+        judge, judge_transform = _classifier_of(judge_path, classes, "--judge_checkpoint", device)
         fidelity["judge"] = {}
         for name in [run.name for run in runs] + [heldout]:
             _, judged = guide_outputs(judge, sets[name].with_transform(judge_transform), batch_size=batch_size,

@@ -108,6 +108,8 @@ def copy_distances(copies: torch.Tensor, copy_sources: torch.Tensor, source_feat
     copies [M, D] are the synthetic images' features, copy_sources [M] the row of each one's source
     in source_features [S, D]. A run that returns its sources unchanged has copy_to_source ~ 0.
     """
+    if len(copies) == 0:
+        return {"status": "missing", "reason": "no synthetic file is named after a train image (<stem>_expand_<i>.png)"}
     rows = []
     for source in torch.unique(copy_sources).tolist():
         members = copies[copy_sources == source]

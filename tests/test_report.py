@@ -297,3 +297,28 @@ def test_run_names_are_short_unique_and_never_a_real_split():
     assert run_names([Path("e/digits/sd_5x"), Path("e/digits/distdiff_5x")]) == ["sd_5x", "distdiff_5x"]
     assert run_names([Path("a/x/run"), Path("b/y/run")]) == ["x/run", "y/run"]
     assert run_names([Path("e/digits/test")], ("train", "test")) == ["digits/test"]
+
+
+def test_a_judge_of_another_dataset_is_refused(tmp_path, copies_report):
+    from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
+
+    judge = tmp_path / "judge.pth.tar"
+    info = {"arch": "smallcnn", "num_classes": 3, "classes": ["cat", "dog", "owl"], "image_size": 32,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dataset": "pets"}
+    save_checkpoint(judge, build_classifier("smallcnn", 3), info)
+    out, _, _ = copies_report
+    with pytest.raises(SystemExit, match="--judge_checkpoint .* was trained on other classes"):
+        report_cli.main(report_cli.parse_args([str(out), "--judge_checkpoint", str(judge),
+                                               "--output_dir", str(tmp_path / "r")]))
+
+
+def test_copies_without_a_train_source_are_counted_not_measured(tmp_path, digits_guide_checkpoint):
+    out = tmp_path / "renamed"
+    fake_expansion(out, digits_guide_checkpoint)
+    for png in out.rglob("*.png"):
+        png.rename(png.with_name(f"other_{png.name.replace('_expand_', '_copy_')}"))
+    report = build_report([out])
+    assert report["runs"][0]["unmatched_images"] == 40 and report["runs"][0]["sources"] == 0
+    assert report["copying"]["renamed"]["status"] == "missing"
+    assert report["energies"]["renamed"]["status"] == "missing"  # the manifest names none of these files
+    assert report["figures"]["renamed"]["contact_sheets"] == {}

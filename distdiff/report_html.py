@@ -212,7 +212,9 @@ def _fidelity(section: dict) -> str:
     if section.get("status") == "missing":
         return title + missing(section)
     out = title + ("<p>Share of images a classifier assigns to their intended class. The held-out real row is the "
-                   "classifier's own accuracy there: the most a synthetic set can be expected to reach.</p>")
+                   "classifier's accuracy on unseen real images, for reference: a synthetic set well below it has "
+                   "lost its labels; one well above it is easier than real data, often because its images stay "
+                   "close to the sources the classifier was trained on.</p>")
     for judge in ("guide", "judge"):
         if judge not in section:
             continue

@@ -16,8 +16,8 @@ reachable; --local_files_only (or HF_HUB_OFFLINE=1) forbids any download.
 
 import argparse
 import logging
-import sys
 
+from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
 from distdiff.expand_run import EXPAND_ERRORS, add_expand_arguments, run
 
 
@@ -28,10 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    try:
+    with cli.user_errors("expand.py", EXPAND_ERRORS):
         result = run(args)
-    except EXPAND_ERRORS as err:
-        sys.exit(f"expand.py: error: {err}")
     rate = result["written"] / result["seconds"] if result["written"] else 0.0
     print(f"shard {result['shard']}: wrote {result['written']} of {result['images']} images to {result['output_dir']} "
           f"in {result['seconds']:.1f} s ({rate:.2f} images/s)")

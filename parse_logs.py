@@ -9,8 +9,8 @@ experiment folders (folders holding seed<N>/results.yaml) and a markdown table i
 """
 
 import argparse
-import sys
 
+from distdiff import cli
 from distdiff.results import (find_experiments, format_experiment, markdown_table, plot_summaries, summarize_experiment,
                               write_csv)
 
@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    try:
+    with cli.user_errors("parse_logs.py", (ValueError,)):
         if args.multi:
             folders = find_experiments(args.path)
             if not folders:
@@ -42,8 +42,6 @@ def main(args: argparse.Namespace) -> list[dict]:
         if args.plot:
             plot_summaries(summaries, args.plot, root=args.path if args.multi else None)
             print(f"wrote {args.plot}")
-    except ValueError as err:
-        sys.exit(f"parse_logs.py: error: {err}")
     return summaries
 
 

@@ -10,12 +10,9 @@ checkpoint/<dataset>/<EXP>/<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/s
 
 import argparse
 import logging
-import sys
 
-from distdiff.classifiers import ClassifierError
-from distdiff.data import DatasetError
-from distdiff.experiment import add_train_arguments, checkpoint_path, run_training
-from distdiff.training import TrainingError
+from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
+from distdiff.experiment import TRAIN_ERRORS, add_train_arguments, checkpoint_path, run_training
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,10 +25,8 @@ def main(args: argparse.Namespace) -> dict | None:
     if args.print_checkpoint:
         print(checkpoint_path(args))
         return None
-    try:
+    with cli.user_errors("train_expand.py", TRAIN_ERRORS):
         return run_training(args)
-    except (DatasetError, ClassifierError, TrainingError) as err:
-        sys.exit(f"train_expand.py: error: {err}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,12 +19,12 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from distdiff.files import atomic_torch_save
+from distdiff.files import TORCH_LOAD_ERRORS, UnreadableFileError, atomic_torch_save, load_torch_file
 
 logger = logging.getLogger(__name__)
 
 # What torch.load / timm raise for a truncated, foreign or non-checkpoint file.
-_UNREADABLE = (RuntimeError, KeyError, OSError, EOFError, ValueError, struct.error, pickle.UnpicklingError)
+_UNREADABLE = TORCH_LOAD_ERRORS + (KeyError,)
 
 # The authors' code normalises with ImageNet statistics for training and for the prototypes' features.
 IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
@@ -188,8 +186,25 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any], **
 INFO_KEYS = ("arch", "num_classes", "classes", "image_size", "mean", "std", "dataset")
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """Load a checkpoint file (or a run folder holding model_best.pth.tar) -> (model in eval mode, info)."""
+def _state_dict_mismatch(expected: dict[str, torch.Tensor], given: Any) -> str:
+    """'' when `given` has exactly `expected`'s keys and shapes, else a short summary (not every key)."""
+    if not isinstance(given, dict):
+        return f"the weights are a {type(given).__name__}, not a state dict"
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != v.shape]
+    parts = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape (file vs model)")) if names]
+    return "; ".join(parts)
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu", *, expected_arch: str | None = None
+                    ) -> tuple[Classifier, dict[str, Any]]:
+    """Load a checkpoint file (or a run folder holding model_best.pth.tar) -> (model in eval mode, info).
+
+    With `expected_arch`, a checkpoint of another architecture is refused instead of silently used.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -198,18 +213,22 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
                               f"`python train_original.py digits smallcnn 0.1 False 0`, and pass its "
                               f"checkpoint/<dataset>/<arch>_..._lr<lr>/seed<N>/{CHECKPOINT_NAME}.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except _UNREADABLE as err:
-        raise ClassifierError(f"{path} is not a readable checkpoint ({err}); re-run training to rewrite it.") from err
+        payload = load_torch_file(path)
+    except UnreadableFileError as err:
+        raise ClassifierError(f"{path} is not a readable checkpoint ({err.reason}); it must be a {CHECKPOINT_NAME} "
+                              f"written by train_original.py or train_expand.py.") from err
     info = payload.get("info") if isinstance(payload, dict) else None
     missing = [k for k in INFO_KEYS if not isinstance(info, dict) or k not in info]
-    if "state_dict" not in payload or missing:
+    if not isinstance(payload, dict) or "state_dict" not in payload or missing:
         raise ClassifierError(f"{path} is not a DistDiff classifier checkpoint (missing {missing or ['state_dict']}); "
                               f"it must be written by train_original.py or train_expand.py.")
+    if expected_arch is not None and info["arch"] != expected_arch:
+        raise ClassifierError(f"{path} holds a '{info['arch']}' classifier, not the '{expected_arch}' that -a asks "
+                              f"for; pass -a {info['arch']} or a {expected_arch} checkpoint.")
     model = build_classifier(info["arch"], info["num_classes"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
+    mismatch = _state_dict_mismatch(model.state_dict(), payload["state_dict"])
+    if mismatch:
         raise ClassifierError(f"{path}: weights do not fit arch '{info['arch']}' with {info['num_classes']} "
-                              f"classes ({err}).") from err
+                              f"classes ({mismatch}); the file was changed or not written by our training.")
+    model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), info

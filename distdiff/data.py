@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from distdiff.images import open_image
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -63,11 +65,7 @@ class LabeledImages(torch.utils.data.Dataset):
         source = self.samples[index].source
         if isinstance(source, np.ndarray):
             return Image.fromarray(source).convert("RGB")
-        try:
-            with Image.open(source) as image:
-                return image.convert("RGB")
-        except OSError as err:
-            raise DatasetError(f"cannot read image {source}: {err}. Remove or replace the file.") from err
+        return open_image(source)  # EXIF-upright, 16-bit scaled; ImageError names an unreadable file
 
     def __getitem__(self, index: int):
         image = self.load_image(index)
@@ -160,7 +158,8 @@ def scan_class_folders(split_dir: Path, classes: list[str] | None = None, *, lay
     if not found:
         raise DatasetError(f"{split_dir} has no class folders. Expected layout: {layout} "
                            f"(see INSTALL.md, section '{section}').")
-    if classes is None:
+    defining = classes is None  # this split defines the classes, so each needs images
+    if defining:
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -183,6 +182,9 @@ def scan_class_folders(split_dir: Path, classes: list[str] | None = None, *, lay
                                    f"images are named after it, so rename one of them.")
             stems[path.stem] = path
             samples.append(Sample(str(path), label, path.stem))
+        if defining and not stems:
+            raise DatasetError(f"class folder {class_dir} holds no images, so class '{name}' could not be "
+                               f"learned; add its images or remove the folder.")
     if not samples:
         raise DatasetError(f"{split_dir} has class folders but no images (see INSTALL.md, section '{section}').")
     return samples, classes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -17,10 +18,13 @@ from accelerate import PartialState
 
 from distdiff import expansion
 from distdiff.augment import eval_transform
+from distdiff.cli import add_threads_argument, configure_threads
 from distdiff.classifiers import ClassifierError, load_classifier
 from distdiff.data import DatasetError, dataset_slug
 from distdiff.experiment import GUIDE_LR, guide_checkpoint
+from distdiff.files import is_environment_error
 from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, EnergyGuidance, GuideEnergy
+from distdiff.images import ImageError
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.registry import dataset_spec, load_dataset
@@ -42,6 +46,7 @@ NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
 SEED = 42  # the authors' generate_data.py default
 BATCH_SIZE = 1  # the authors' expand_diff.sh (--train_batch_size 1); raise it on a large GPU
 FEATURE_BATCH_SIZE = 64  # images per guide forward when computing prototypes
+MODEL_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what load_stable_diffusion reads
 
 
 def add_expand_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,10 +103,11 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_energy_log", action="store_true", help="skip measuring D_c/D_g for the manifest (faster)")
     p.add_argument("--no_report", action="store_true",
                    help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
+    add_threads_argument(p)
 
 
 def _validate_schedule(args: argparse.Namespace) -> None:
-    if not 1 <= args.guidance_step <= args.steps:
+    if args.guidance_step > args.steps:
         raise expansion.ExpansionError(f"--guidance_step must be in [1, --steps={args.steps}], got {args.guidance_step}.")
     if args.guidance_period > args.guidance_step:
         raise expansion.ExpansionError(f"--guidance_period ({args.guidance_period}) cannot exceed --guidance_step "
@@ -113,31 +119,39 @@ def _validate_schedule(args: argparse.Namespace) -> None:
             f"first img2img step {start} of --strength {args.strength}; use --guidance_step <= {args.steps - start}.")
 
 
+# Every numeric expand.py setting and what it must be; validate() is the one place they are checked
+# (after math.isfinite: NaN passes every comparison and inf would run to NaN latents).
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
+SETTING_RULES = {
+    "num_images_per_prompt": _AT_LEAST_1, "steps": _AT_LEAST_1, "batch_size": _AT_LEAST_1,
+    "total_split": _AT_LEAST_1, "K": _AT_LEAST_1, "guidance_period": _AT_LEAST_1, "guidance_step": _AT_LEAST_1,
+    "max_source_images": _AT_LEAST_1, "num_threads": _AT_LEAST_1,
+    "strength": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rho": _NON_NEGATIVE, "gs": _NON_NEGATIVE, "ls": _NON_NEGATIVE, "guidance_scale": _NON_NEGATIVE,
+    "constraint_value": (lambda v: v > 0, "positive"),
+    "resolution": (lambda v: v >= 8, "at least 8 pixels"),
+}
+
+
 def validate(args: argparse.Namespace) -> None:
-    """Reject flag values that cannot work, naming the flag and the fix."""
-    positive = ("num_images_per_prompt", "steps", "batch_size", "total_split", "K", "guidance_period")
-    for flag in positive:
-        if getattr(args, flag) < 1:
-            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
-    if not 0.0 < args.strength <= 1.0:
-        raise expansion.ExpansionError(f"--strength must be in (0, 1], got {args.strength}.")
+    """Reject flag values that cannot work, naming the flag and the fix (unset optional flags are None)."""
+    for flag, (valid, requirement) in SETTING_RULES.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise expansion.ExpansionError(f"--{flag} must be a finite number, got {value}.")
+        if not valid(value):
+            raise expansion.ExpansionError(f"--{flag} must be {requirement}, got {value}.")
     if GUIDANCE[args.guidance] != "none":  # the guidance schedule flags are unused by plain SD
         _validate_schedule(args)
     if not 0 <= args.split < args.total_split:
         raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
-    for flag in ("rho", "gs", "ls", "guidance_scale"):
-        if getattr(args, flag) < 0:
-            raise expansion.ExpansionError(f"--{flag} must be 0 or more, got {getattr(args, flag)}.")
     use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
     if GUIDANCE[args.guidance] != "none" and not (use_dc and args.gs > 0 or use_dg and args.ls > 0):
         raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
                                        "--optimize_targets); give one a positive weight, or use --guidance none.")
-    if args.constraint_value <= 0:
-        raise expansion.ExpansionError(f"--constraint_value must be positive, got {args.constraint_value}.")
-    if args.max_source_images is not None and args.max_source_images < 1:
-        raise expansion.ExpansionError(f"--max_source_images must be at least 1, got {args.max_source_images}.")
-    if args.resolution is not None and args.resolution < 8:
-        raise expansion.ExpansionError(f"--resolution must be at least 8 pixels, got {args.resolution}.")
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -151,6 +165,12 @@ def resolve_paths(args: argparse.Namespace) -> None:
             raise expansion.ExpansionError(f"the default model for {args.dataset}, {args.model}, does not exist; "
                                            f"train it with `python scripts/train_tiny_sd.py --output_dir {args.model}` "
                                            f"or pass --model.")
+    missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
+    if missing:
+        raise expansion.ExpansionError(f"--model {args.model} is a folder without "
+                                       f"{', '.join(m + '/' for m in missing)}; a diffusers Stable Diffusion folder holds {', '.join(MODEL_SUBFOLDERS)} "
+                                       f"(and model_index.json).")
+    args.guide_arch_given = args.guide_arch is not None  # only an explicit -a is checked against the checkpoint
     args.guide_arch = args.guide_arch or spec.guide_arch
     args.guide_given = args.guide_checkpoint is not None
     default_guide = guide_checkpoint(args.dataset, args.guide_arch)
@@ -171,7 +191,8 @@ def load_guide(args, train, state, device):
     if not Path(args.guide_checkpoint).is_file():
         logger.info("no guide checkpoint at %s: plain SD run, D_c/D_g not recorded", args.guide_checkpoint)
         return None
-    model, info = load_classifier(args.guide_checkpoint, device)
+    model, info = load_classifier(args.guide_checkpoint, device,
+                                  expected_arch=args.guide_arch if args.guide_arch_given else None)
     if list(info["classes"]) != list(train.classes):
         raise expansion.ExpansionError(f"guide {args.guide_checkpoint} was trained on classes {info['classes'][:5]}... "
                                        f"of {info['dataset']}, not on {args.dataset}'s; pass its own guide.")
@@ -205,14 +226,21 @@ def run(args: argparse.Namespace) -> dict:
     """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
     validate(args)
     resolve_paths(args)
+    if not torch.cuda.is_available():
+        logger.info("using %d CPU threads", configure_threads(args.num_threads))
     # Without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device
     guidance_method = GUIDANCE[args.guidance]
     train = load_dataset(args.dataset, "train", root=args.data_root)
-    sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
-                               gradient_checkpointing=args.gradient_checkpointing,
-                               local_files_only=args.local_files_only)
+    try:
+        sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
+                                   gradient_checkpointing=args.gradient_checkpointing,
+                                   local_files_only=args.local_files_only)
+    except OSError as err:  # diffusers' "cannot find the model" is an OSError without errno
+        if is_environment_error(err):
+            raise
+        raise expansion.ExpansionError(str(err)) from err
     resolution = args.resolution or sd.default_resolution
     if resolution % sd.vae_scale_factor:
         raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
@@ -231,6 +259,7 @@ def run(args: argparse.Namespace) -> dict:
                                    else None)}
     out = Path(args.output_dir)
     expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast
+    expansion.check_copies(out, args.num_images_per_prompt)
     guide = load_guide(args, train, state, device)
 
     shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
@@ -254,5 +283,5 @@ def run(args: argparse.Namespace) -> dict:
             "seconds": seconds, "summary": expansion.summarize_manifest(out / expansion.MANIFEST)}
 
 
-# User mistakes expand.py reports as one line instead of a traceback.
-EXPAND_ERRORS = (expansion.ExpansionError, DatasetError, ClassifierError, OSError)
+# User mistakes expand.py reports as one line instead of a traceback (refused writes: distdiff.cli).
+EXPAND_ERRORS = (expansion.ExpansionError, DatasetError, ClassifierError, ImageError)

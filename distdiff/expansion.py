@@ -10,6 +10,12 @@ An image is finished when its PNG exists and the manifest has its line; the PNG 
 first, so a crash between the two leaves an image that the next run regenerates identically
 (its seed does not depend on the run). Shards split the *source images*, so all copies of a
 source stay in one shard and shards never write the same file.
+
+Two runs on one folder (or overlapping shard layouts) share the work instead of repeating it:
+a run claims a source image (an OS lock on OUT/.claims/<class>/<stem>.lock, which the kernel
+releases when the process dies, even by kill -9) before making its copies, and skips sources
+another run holds. A manifest line cut by a crash or a full disk is removed before the next
+append or run (its image is then made again, identically).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from PIL import Image
 from tqdm import tqdm
 
@@ -31,7 +37,7 @@ from distdiff.data import LabeledImages
 from distdiff.files import atomic_open, atomic_write_text
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
-from distdiff.prototypes import Prototypes
+from distdiff.prototypes import PrototypeFileError, Prototypes
 from distdiff.sampling import (ENERGY_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
                                image_seed)
 
@@ -41,6 +47,7 @@ MANIFEST = "manifest.jsonl"
 PROTOTYPES = "prototypes.pt"
 RUN_CONFIG = "expand_config.json"
 LOCK = ".expand.lock"
+CLAIMS = ".claims"  # per-source claim locks of the runs working in OUT
 # Every manifest line has exactly these keys; D_* are null when no guide measured them.
 MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + ENERGY_KEYS
 
@@ -107,24 +114,94 @@ def source_name(dataset: LabeledImages, index: int) -> str:
     return source if isinstance(source, str) else f"{dataset.name}:{dataset.samples[index].stem}"
 
 
+def _manifest_lock(path: Path) -> FileLock:
+    return FileLock(str(path.parent / f".{path.name}.lock"))
+
+
+def _parse_line(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("image"), str) else None
+
+
 def read_manifest(path: Path) -> dict[str, dict]:
     """Manifest records by image path; a truncated last line (a crash mid-write) is ignored with a warning."""
     if not path.is_file():
         return {}
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     records = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
+        record = _parse_line(line)
+        if record is None:
             if number == len(lines):
                 logger.warning("%s: ignoring a truncated last line; its image will be regenerated", path)
                 continue
-            raise ExpansionError(f"{path} line {number} is not valid JSON ({err}); fix or delete that line.") from err
+            raise ExpansionError(f"{path} line {number} is not a manifest record; fix or delete that line "
+                                 f"(the next expand.py run on this folder removes it and remakes its image).")
         records[record["image"]] = record
     return records
+
+
+def _cut_torn_tail(handle) -> int:
+    """Truncate an open (a+b) manifest after its last newline, dropping a crashed writer's partial line; bytes cut."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return 0
+    handle.seek(0)
+    keep = handle.read().rfind(b"\n") + 1  # rare (only after a crash), so reading it all is fine
+    handle.truncate(keep)
+    logger.warning("%s: removed a torn last line (%d bytes) left by a crash or a full disk; its image will be "
+                   "made again", handle.name, size - keep)
+    return size - keep
+
+
+def repair_manifest(path: Path) -> int:
+    """Remove what crashes leave in a manifest (a torn last line, lines that are not records); returns lines dropped."""
+    if not path.is_file():
+        return 0
+    with _manifest_lock(path):
+        with open(path, "r+b") as handle:
+            torn = _cut_torn_tail(handle) > 0
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        kept = [line for line in lines if not line.strip() or _parse_line(line) is not None]
+        dropped = len(lines) - len(kept)
+        if dropped:
+            bad = [n for n, line in enumerate(lines, 1) if line.strip() and _parse_line(line) is None]
+            logger.warning("%s: dropped %d line(s) that are not manifest records (lines %s); their images will be "
+                           "made again", path, dropped, bad[:10])
+            atomic_write_text(path, "".join(kept))
+        return dropped + torn
+
+
+class ManifestReader:
+    """The set of images a manifest lists, re-read incrementally (other runs append to it)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.images = path, 0, set()
+
+    def refresh(self) -> set[str]:
+        """Images listed so far (complete lines only)."""
+        if not self.path.is_file():
+            return self.images
+        with open(self.path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) < self.offset:  # rewritten by a repair: start over
+                self.offset, self.images = 0, set()
+            handle.seek(self.offset)
+            chunk = handle.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            record = _parse_line(line)
+            if record is not None:
+                self.images.add(record["image"])
+        return self.images
 
 
 def append_manifest(path: Path, records: Sequence[dict]) -> None:
@@ -132,13 +209,10 @@ def append_manifest(path: Path, records: Sequence[dict]) -> None:
     if not records:
         return
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    with FileLock(str(path.parent / f".{path.name}.lock")):
+    with _manifest_lock(path):
         with open(path, "a+b") as handle:
+            _cut_torn_tail(handle)  # a line a crashed writer left open is removed, not continued
             handle.seek(0, os.SEEK_END)
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":  # finish a line a crashed writer left open
-                    text = "\n" + text
             handle.write(text.encode())
             handle.flush()
             os.fsync(handle.fileno())
@@ -177,8 +251,13 @@ def load_or_compute_prototypes(out_dir: Path, metadata: dict, compute: Callable[
     path = out_dir / PROTOTYPES
     metadata = json.loads(json.dumps(metadata))
     with FileLock(str(out_dir / LOCK)):
+        prototypes = None
         if path.is_file():
-            prototypes = Prototypes.load(path)
+            try:
+                prototypes = Prototypes.load(path)
+            except PrototypeFileError as err:  # e.g. a copy cut short by a full disk: recompute it
+                logger.warning("%s; recomputing it", err)
+        if prototypes is not None:
             diff = _differences(prototypes.metadata, metadata)
             if diff:
                 raise ExpansionError(f"{path} was computed from something else; stored vs requested: {diff}. "
@@ -208,19 +287,92 @@ def pending(out_dir: Path, items: Sequence[WorkItem]) -> list[WorkItem]:
     return [it for it in items if not (it.image in done and (out_dir / it.image).is_file())]
 
 
+def check_copies(out_dir: Path, num_copies: int) -> None:
+    """Refuse to resume a folder that holds more copies per image than --num_images_per_prompt asks for."""
+    copies = [r.get("copy") for r in read_manifest(out_dir / MANIFEST).values()]
+    most = max((c for c in copies if isinstance(c, int)), default=-1) + 1
+    if most > num_copies:
+        raise ExpansionError(f"{out_dir} already holds {most} copies per source image, more than "
+                             f"--num_images_per_prompt {num_copies}; train_expand.py would read all {most}. "
+                             f"Pass --num_images_per_prompt {most} to continue it, or use another --output_dir.")
+
+
+def claim_source(out_dir: Path, item: WorkItem) -> FileLock | None:
+    """Hold the claim on `item`'s source image, or None when another running process holds it."""
+    path = out_dir / CLAIMS / item.class_name / f"{item.stem}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    return lock
+
+
+def _claimed_batches(out_dir: Path, todo: Sequence[WorkItem], batch_size: int):
+    """Yield (batch, sources finished with it) from `todo`, claiming each source first and skipping done items.
+
+    Without competition the batches are exactly todo's consecutive slices, so a resumed run
+    forms the same batches as an unbroken one from its first unfinished item.
+    """
+    reader = ManifestReader(out_dir / MANIFEST)
+    groups: dict[int, list[WorkItem]] = {}
+    for it in todo:
+        groups.setdefault(it.source_index, []).append(it)
+    held: dict[int, FileLock] = {}
+    remaining: dict[int, int] = {}
+    buffer: list[WorkItem] = []
+    skipped = 0
+    try:
+        for source, its in groups.items():
+            lock = claim_source(out_dir, its[0])
+            if lock is None:
+                skipped += len(its)
+                continue
+            done = reader.refresh()  # after the claim: another run may have finished this source meanwhile
+            its = [it for it in its if not (it.image in done and (out_dir / it.image).is_file())]
+            if not its:
+                lock.release()
+                continue
+            held[source], remaining[source] = lock, len(its)
+            buffer.extend(its)
+            while len(buffer) >= batch_size:
+                yield from _emit(buffer[:batch_size], held, remaining)
+                buffer = buffer[batch_size:]
+        if buffer:
+            yield from _emit(buffer, held, remaining)
+    finally:
+        for lock in held.values():
+            lock.release()
+        if skipped:
+            logger.info("skipped %d images whose sources another run on %s is making", skipped, out_dir)
+
+
+def _emit(batch: list[WorkItem], held: dict[int, FileLock], remaining: dict[int, int]):
+    finished = []
+    for it in batch:
+        remaining[it.source_index] -= 1
+        if remaining[it.source_index] == 0:
+            finished.append(it.source_index)
+    yield batch
+    for source in finished:  # released only once the caller has written the batch's manifest lines
+        held.pop(source).release()
+
+
 def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, strength: float, steps: int,
                   guidance_scale: float, guidance: EnergyGuidance | None, guide: GuideEnergy | None,
                   batch_size: int, record_energy: bool = True, progress: bool = True,
                   start_index: str = START_INDEX) -> int:
-    """Make every unfinished item, batch by batch; returns how many images were written."""
+    """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written."""
     out_dir = Path(out_dir)
+    repair_manifest(out_dir / MANIFEST)
     todo = pending(out_dir, items)
     logger.info("%d of %d images to make (%d already done)", len(todo), len(items), len(items) - len(todo))
     cache.ensure(dataset, sorted({it.source_index for it in todo}), batch_size=batch_size, progress=progress)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img", disable=not progress)
-    for begin in range(0, len(todo), batch_size):
-        batch = todo[begin:begin + batch_size]
+    written = 0
+    for batch in _claimed_batches(out_dir, todo, batch_size):
         result = generate_batch(
             sd, cache.get(dataset, [it.source_index for it in batch]),
             torch.tensor([it.label for it in batch]), [it.seed for it in batch], prompts=prompts,
@@ -234,9 +386,10 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
             record.update({key: (result.energies[key][k] if key in result.energies else None) for key in ENERGY_KEYS})
             records.append(record)
         append_manifest(out_dir / MANIFEST, records)
+        written += len(batch)
         bar.update(len(batch))
     bar.close()
-    return len(todo)
+    return written
 
 
 def summarize_manifest(path: Path) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -20,7 +21,9 @@ from torch.utils.data import ConcatDataset
 
 from distdiff import data
 from distdiff.augment import AUGMENTS, eval_transform, train_transform
-from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, build_classifier
+from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, ClassifierError, build_classifier
+from distdiff.cli import add_threads_argument, configure_threads
+from distdiff.images import ImageError
 from distdiff.registry import dataset_has_split, dataset_spec, load_dataset
 from distdiff.results import RESULTS_NAME, write_results
 from distdiff.training import LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, fit, seed_everything
@@ -34,6 +37,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's choices
 # the paper's guide is trained from scratch with lr 0.1 (docs/METHOD.md#defaults), seed 1 of 1 2 3.
 GUIDE_LR = 0.1
 GUIDE_SEED = 1
+# User mistakes the training scripts report as one line (refused writes: distdiff.cli.user_errors).
+TRAIN_ERRORS = (data.DatasetError, ClassifierError, TrainingError, ImageError)
 
 
 def parse_pretrained(text: str) -> bool:
@@ -51,7 +56,7 @@ def parse_lr(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"LR must be a positive number such as 0.1, got '{text}'.")
     return value
 
@@ -108,6 +113,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     parser.add_argument("--print_checkpoint", action="store_true",
                         help="print the path of this run's model_best.pth.tar and exit (shell scripts use it to "
                              "find the guide)")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="skip image files that cannot be read (listed in the log, counted in results.yaml) "
+                             "instead of stopping at the first one")
+    add_threads_argument(parser)
 
 
 def run_name(arch: str, pretrained: bool, lr: float, augment: str) -> str:
@@ -162,6 +171,8 @@ def _validate(args: argparse.Namespace) -> None:
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             raise TrainingError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise TrainingError(f"--num_threads must be at least 1, got {args.num_threads}.")
     if args.num_workers < 0:
         raise TrainingError(f"--num_workers must be 0 or more, got {args.num_workers}.")
     if args.image_size is not None and args.image_size < 8:
@@ -175,6 +186,20 @@ def _drop_synthetic_of(synthetic: data.LabeledImages, held_out: data.LabeledImag
     held = {(s.label, s.stem) for s in held_out.samples}
     keep = [i for i, s in enumerate(synthetic.samples) if (s.label, s.stem.rsplit("_expand_", 1)[0]) not in held]
     return synthetic.subset(keep)
+
+
+def _without_unreadable(dataset: data.LabeledImages | None) -> tuple[data.LabeledImages | None, int]:
+    """`dataset` less the image files open_image cannot read (each logged), and how many were dropped."""
+    if dataset is None:
+        return None, 0
+    kept = []
+    for index in range(len(dataset)):
+        try:
+            dataset.load_image(index)
+            kept.append(index)
+        except ImageError as err:
+            logger.warning("skipping unreadable image (--skip_unreadable): %s", err)
+    return dataset.subset(kept), len(dataset) - len(kept)
 
 
 def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expanded_dir: str | Path | None
@@ -200,6 +225,14 @@ def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expande
             if dropped:
                 logger.warning("dropped %d synthetic images made from held-out validation images", dropped)
             synthetic = kept
+    skipped = 0
+    if args.skip_unreadable:
+        (train, n_train), (test, n_test), (val, n_val), (synthetic, n_synthetic) = [
+            _without_unreadable(d) for d in (train, test, val, synthetic)]
+        skipped = n_train + n_test + n_val + n_synthetic
+        if skipped:
+            logger.warning("--skip_unreadable: skipped %d unreadable images (train %d, val %d, test %d, synthetic %d)",
+                           skipped, n_train, n_val, n_test, n_synthetic)
     train_tf = train_transform(image_size, IMAGENET_MEAN, IMAGENET_STD, flip=flip, augment=args.augment)
     eval_tf = eval_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
     parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
@@ -207,7 +240,7 @@ def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expande
             "val": val.with_transform(eval_tf) if val is not None else None, "test": test.with_transform(eval_tf),
             "counts": {"num_train": len(train), "num_synthetic": len(synthetic) if synthetic else 0,
                        "num_synthetic_dropped": dropped, "num_val": len(val) if val is not None else 0,
-                       "num_test": len(test)},
+                       "num_test": len(test), "num_unreadable_skipped": skipped},
             "val_source": val_source}
 
 
@@ -233,6 +266,8 @@ def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     run_data = load_run_data(args, image_size, flip, expanded_dir)
 
     logger.info(configure_gpu(args.gpu))
+    if not torch.cuda.is_available():
+        logger.info("using %d CPU threads", configure_threads(args.num_threads))
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     seed_everything(args.seed)
     model = build_classifier(args.arch, len(run_data["classes"]), pretrained=args.pretrained,

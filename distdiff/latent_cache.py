@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages, dataset_slug
-from distdiff.files import atomic_torch_save
+from distdiff.files import UnreadableFileError, atomic_torch_save, load_torch_file
 from distdiff.sampling import StableDiffusion, encode_latent_dist, image_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,14 @@ class LatentCache:
         path = self.path(dataset, index)
         if not path.is_file():
             return None
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            payload = load_torch_file(path)
+        except UnreadableFileError as err:  # e.g. overwritten, or cut short on a disk that lies about fsync
+            logger.warning("%s; re-encoding that image", err)
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("params"), torch.Tensor):
+            logger.warning("%s is not a latent cache entry; re-encoding that image", path)
+            return None
         if payload.get("source") != source_fingerprint(dataset, index):
             logger.info("source of %s changed; re-encoding it", path)
             return None

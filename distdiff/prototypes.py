@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from tqdm import tqdm
 
-from distdiff.files import atomic_torch_save
+from distdiff.files import UnreadableFileError, atomic_torch_save, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ def group_prototypes(features: torch.Tensor, labels, *, num_classes: int, k: int
     return groups, mask
 
 
+class PrototypeFileError(ValueError):
+    """A prototype file that cannot be read (truncated, foreign or from another format)."""
+
+
 @dataclass
 class Prototypes:
     """Class prototypes [C, D], group prototypes [C, K, D] with validity mask [C, K], and provenance."""
@@ -147,14 +151,20 @@ class Prototypes:
 
     @classmethod
     def load(cls, path: str | Path) -> "Prototypes":
-        """Read a file written by `save` (tensors on CPU)."""
+        """Read a file written by `save` (tensors on CPU); PrototypeFileError names a file that is not one."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"prototype file {path} does not exist; compute it first or fix the path.")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            payload = load_torch_file(path)
+        except UnreadableFileError as err:
+            raise PrototypeFileError(f"{path} is not a readable prototype file ({err.reason})") from err
         if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} is not a prototype file written by distdiff (format {FORMAT_VERSION}).")
-        return cls(payload["classes"], payload["groups"], payload["group_mask"], json.loads(payload["metadata"]))
+            raise PrototypeFileError(f"{path} is not a prototype file written by distdiff (format {FORMAT_VERSION}).")
+        try:
+            return cls(payload["classes"], payload["groups"], payload["group_mask"], json.loads(payload["metadata"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise PrototypeFileError(f"{path} is an incomplete prototype file ({type(err).__name__}: {err})") from err
 
 
 def compute_prototypes(model: torch.nn.Module, dataset, *, k: int = DEFAULT_K, method: str = DEFAULT_METHOD,

@@ -32,8 +32,14 @@ def write_results(path: str | Path, results: dict[str, Any]) -> None:
 
 def read_results(path: str | Path) -> dict[str, Any]:
     """Read one results.yaml."""
-    with open(path, encoding="utf-8") as handle:
-        results = yaml.safe_load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            results = yaml.safe_load(handle)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(f"{path} is not valid YAML{line}; delete it (the run then counts as unfinished) or "
+                         f"rerun that seed with --overwrite.") from err
     if not isinstance(results, dict) or "best_accuracy" not in results:
         raise ValueError(f"{path} is not a results.yaml written by train_original.py / train_expand.py.")
     return results

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from distdiff.augment import batch_transform
 from distdiff.classifiers import CHECKPOINT_NAME, save_checkpoint
-from distdiff.files import atomic_torch_save
+from distdiff.files import UnreadableFileError, atomic_torch_save, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +130,11 @@ def _selection_score(row: dict[str, Any]) -> float:
 def _load_last_state(path: Path, config: TrainConfig) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state["config"]
+    try:
+        state = load_torch_file(path)
+        saved = state["config"]
+    except (UnreadableFileError, KeyError, TypeError) as err:
+        raise TrainingError(f"cannot resume from {path} ({err}); pass --overwrite to start this run again.") from err
     changed = {k: (saved.get(k), getattr(config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(config, k)}
     if changed:
         raise TrainingError(f"{path} was saved with other settings {changed} (saved, asked); pass --overwrite "

@@ -13,6 +13,7 @@ from distdiff import registry
 from distdiff.data import LabeledImages, Sample, load_expanded
 from distdiff.expansion import (MANIFEST, MANIFEST_KEYS, ExpansionError, WorkItem, append_manifest,
                                 ensure_run_config, global_shard, load_or_compute_prototypes, pending, read_manifest,
+                                repair_manifest,
                                 select_sources, shard_sources, work_items)
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import Prototypes
@@ -72,19 +73,21 @@ def record(image):
     return {key: None for key in MANIFEST_KEYS} | {"image": image}
 
 
-def test_manifest_tolerates_only_a_truncated_last_line(tmp_path):
+def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
     path = tmp_path / MANIFEST
     append_manifest(path, [record("a/x_expand_0.png")])
+    first = path.read_bytes()
     with open(path, "a") as handle:
         handle.write('{"image": "a/x_exp')  # a crash mid-write
     assert list(read_manifest(path)) == ["a/x_expand_0.png"]
-    append_manifest(path, [record("a/x_expand_1.png")])  # starts a fresh line after the fragment
-    lines = path.read_text().splitlines()
-    assert json.loads(lines[-1])["image"] == "a/x_expand_1.png"
+    append_manifest(path, [record("a/x_expand_1.png")])
+    assert path.read_bytes() == first + (json.dumps(record("a/x_expand_1.png"), sort_keys=True) + "\n").encode()
     with open(path, "a") as handle:
-        handle.write("{}\n")
-    with pytest.raises(ExpansionError, match="line 2 is not valid JSON"):
+        handle.write("{}\n" + json.dumps(record("a/x_expand_2.png")) + "\n")
+    with pytest.raises(ExpansionError, match="line 3 is not a manifest record"):
         read_manifest(path)
+    assert repair_manifest(path) == 1
+    assert list(read_manifest(path)) == ["a/x_expand_0.png", "a/x_expand_1.png", "a/x_expand_2.png"]
 
 
 def test_an_image_without_its_manifest_line_is_pending(tmp_path):
@@ -145,7 +148,7 @@ def cli(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
         return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
                 "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "3",
                 "--num_images_per_prompt", "2", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
-                "--batch_size", "4", "--no_report", *extra]  # the report has its own tests (test_report.py)
+                "--batch_size", "4", "--no_report", "--num_threads", "1", *extra]  # the report has its own tests (test_report.py)
     return argv
 
 

@@ -1,0 +1,76 @@
+"""What every script shares: CPU threads that survive a busy machine, and one-line errors for user mistakes.
+
+Import this module before anything that imports torch: OpenMP reads OMP_WAIT_POLICY once, when
+torch loads it. With the default (active) policy, an idle OpenMP thread spins waiting for the
+next parallel region; on a CPU shared with other jobs the spinning threads take the cores the
+working ones need, and one competing single-threaded job made expand.py 7.6x slower on 2 cores
+(benchmarks/RESULTS.md, "cpu_contention"). Passive waiting sleeps instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402  (after the wait policy is set)
+
+from distdiff.files import describe_os_error, is_environment_error  # noqa: E402
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_num_threads(cpus: int | None = None, load: float | None = None) -> int:
+    """Threads for torch on CPU: the available CPUs not already busy (1-minute load average), at least 1.
+
+    A thread per CPU is fastest on an idle machine, but a parallel region waits for its slowest
+    thread, so on a CPU that another job also uses every region runs at the time-shared speed.
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    load = os.getloadavg()[0] if load is None else load
+    return max(1, min(cpus, cpus - int(round(load))))
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--num_threads: torch's CPU threads (default: default_num_threads())."""
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="CPU threads for torch (default: available CPUs minus the 1-minute load, at least 1)")
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Set torch's intra-op threads (explicit OMP_NUM_THREADS wins over the default); returns the count."""
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"--num_threads must be at least 1, got {num_threads}.")
+    if num_threads is None:
+        from_env = os.environ.get("OMP_NUM_THREADS", "")
+        num_threads = int(from_env) if from_env.isdigit() and int(from_env) > 0 else default_num_threads()
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+@contextmanager
+def user_errors(prog: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Turn `errors` (user mistakes) and refused writes (full disk, permissions) into `prog: error: <line>`, exit status 1.
+
+    Anything else is a bug of ours and keeps its full traceback.
+    """
+    try:
+        yield
+    except errors as err:
+        sys.exit(_exit_line(prog, str(err)))
+    except OSError as err:
+        if not is_environment_error(err):
+            raise
+        sys.exit(_exit_line(prog, describe_os_error(err)))
+
+
+def _exit_line(prog: str, message: str) -> str:
+    # SystemExit with a string prints it and exits with status 1; one line, whatever the message held.
+    return f"{prog}: error: {' '.join(message.split())}"

@@ -20,6 +20,7 @@ append or run (its image is then made again, identically).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages
-from distdiff.files import atomic_open, atomic_write_text
+from distdiff.files import atomic_open, atomic_write_text, temp_pattern
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import PrototypeFileError, Prototypes
@@ -306,6 +307,9 @@ def claim_source(out_dir: Path, item: WorkItem) -> FileLock | None:
         lock.acquire()
     except Timeout:
         return None
+    # Temp files of this source's images can only be a killed run's (we hold the claim): remove them.
+    for stale in (out_dir / item.class_name).glob(temp_pattern(Path(f"{glob.escape(item.stem)}_expand_*.png"))):
+        stale.unlink(missing_ok=True)
     return lock
 
 

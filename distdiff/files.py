@@ -21,7 +21,8 @@ import torch
 
 # errno values that mean the file system refused a write (permissions, a full or read-only disk):
 # the user's environment to fix, reported in one line rather than as a traceback.
-ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG,
+                                errno.ENOTDIR, errno.EISDIR})
 
 
 # What torch.load raises for a truncated, garbage or foreign file.
@@ -69,9 +70,15 @@ def describe_os_error(err: OSError) -> str:
     target = f" {err.filename}" if err.filename else ""
     fixes = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
              errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
-             errno.EROFS: "choose a writable folder"}
+             errno.EROFS: "choose a writable folder", errno.ENOTDIR: "a part of that path is a file, not a folder",
+             errno.EFBIG: "the file is larger than this system allows (ulimit -f)"}
     fix = fixes.get(err.errno, "check the disk and the path")
     return f"cannot write{target}: {err.strerror or err}; {fix}."
+
+
+def temp_pattern(path: Path) -> str:
+    """Glob (in path's folder) of the temp files atomic_open makes for `path`; a killed writer leaves one."""
+    return f".{path.name}.*.tmp"
 
 
 @contextmanager
@@ -85,6 +92,11 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[Any]:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a failed write() names no file: name the one the user would look for
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -84,16 +84,19 @@ def open_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(f"cannot read image {path}: {image.width}x{image.height} pixels is more than "
-                                     f"the {MAX_PIXELS} allowed (a guard against decompression bombs). "
-                                     f"Downscale it or remove it.")
+                    raise ImageError(_too_large(path, str(image.width * image.height)))
                 image.load()
                 return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"cannot read image {path}: more than {MAX_PIXELS} pixels (a guard against "
-                         f"decompression bombs; {_first_line(err)}). Downscale it or remove it.") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # PIL's check came first
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageError(_too_large(path, found.group(1) if found else "too many")) from err
     except _DECODE_ERRORS as err:
         raise ImageError(f"cannot read image {path}: {_first_line(err)}. The file is missing, truncated or "
                          f"not an image; replace or remove it.") from err
+
+
+def _too_large(path: Path, size: str) -> str:
+    return (f"cannot read image {path}: {size} pixels is more than the {MAX_PIXELS} allowed (a guard against "
+            f"decompression bombs). Downscale it or remove it.")

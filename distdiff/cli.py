@@ -57,7 +57,7 @@ def configure_threads(num_threads: int | None) -> int:
 
 @contextmanager
 def user_errors(prog: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Turn `errors` (user mistakes) and refused writes (full disk, permissions) into `prog: error: <line>`, exit status 1.
+    """Turn `errors` (user mistakes) and refused writes (full disk, permissions) into one line, exit status 1.
 
     Anything else is a bug of ours and keeps its full traceback.
     """

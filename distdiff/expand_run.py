@@ -165,11 +165,6 @@ def resolve_paths(args: argparse.Namespace) -> None:
             raise expansion.ExpansionError(f"the default model for {args.dataset}, {args.model}, does not exist; "
                                            f"train it with `python scripts/train_tiny_sd.py --output_dir {args.model}` "
                                            f"or pass --model.")
-    missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
-    if missing:
-        raise expansion.ExpansionError(f"--model {args.model} is a folder without "
-                                       f"{', '.join(m + '/' for m in missing)}; a diffusers Stable Diffusion folder holds {', '.join(MODEL_SUBFOLDERS)} "
-                                       f"(and model_index.json).")
     args.guide_arch_given = args.guide_arch is not None  # only an explicit -a is checked against the checkpoint
     args.guide_arch = args.guide_arch or spec.guide_arch
     args.guide_given = args.guide_checkpoint is not None
@@ -233,6 +228,11 @@ def run(args: argparse.Namespace) -> dict:
     device = state.device
     guidance_method = GUIDANCE[args.guidance]
     train = load_dataset(args.dataset, "train", root=args.data_root)
+    missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
+    if missing:  # diffusers would only say "no file named config.json in <model>"
+        lacks = ", ".join(f"{sub}/" for sub in missing)
+        raise expansion.ExpansionError(f"--model {args.model} is a folder without {lacks}; a diffusers Stable "
+                                       f"Diffusion folder holds {', '.join(MODEL_SUBFOLDERS)} (and model_index.json).")
     try:
         sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
                                    gradient_checkpointing=args.gradient_checkpointing,

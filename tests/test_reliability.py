@@ -30,12 +30,13 @@ import train_expand
 import train_original
 from distdiff import cli
 from distdiff.classifiers import ClassifierError, build_classifier, load_classifier, save_checkpoint
-from distdiff.data import DatasetError, load_dataset
+from distdiff.data import DatasetError
 from distdiff.expansion import CLAIMS, MANIFEST, WorkItem, claim_source, read_manifest, select_sources
 from distdiff.files import atomic_write_text, describe_os_error
 from distdiff.images import MAX_PIXELS, ImageError, open_image, unwrap_worker_message
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import Prototypes
+from distdiff.registry import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -492,7 +493,8 @@ def test_a_disk_that_fills_up_during_training_is_one_line(tmp_path):
 
 def test_enospc_is_described_in_one_line():
     err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/x.pt")
-    assert describe_os_error(err) == "cannot write /data/x.pt: No space left on device; free some space or write elsewhere."
+    assert describe_os_error(err) == ("cannot write /data/x.pt: No space left on device; free some space or write "
+                                      "elsewhere.")
     with pytest.raises(SystemExit) as caught:
         with cli.user_errors("prog", ()):
             raise err

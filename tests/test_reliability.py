@@ -221,7 +221,7 @@ def test_unicode_class_names_train_expand_and_train_again(tmp_path, tiny_sd_dir,
                                    "--guide_checkpoint", str(guide), "--output_dir", str(out), "--cache_dir",
                                    str(tmp_path / "cache"), "--num_images_per_prompt", "1", "--steps", "4",
                                    "--guidance_step", "2", "--guidance_period", "1", "--K", "2",
-                                   "--num_threads", "1"]))
+                                   "--num_threads", "1", "--no_report"]))
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == sorted(
         f"{c}/train{i}_expand_0.png" for c in ("café", "日本") for i in range(3))
     assert {r["class"] for r in read_manifest(out / MANIFEST).values()} == {"café", "日本"}
@@ -241,7 +241,7 @@ def expand_argv(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
         return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
                 "--output_dir", str(out), "--cache_dir", str(tmp_path / cache), "--max_source_images", "3",
                 "--num_images_per_prompt", "2", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
-                "--batch_size", "2", "--num_threads", "1", *extra]
+                "--batch_size", "2", "--num_threads", "1", "--no_report", *extra]
     return argv
 
 

@@ -211,12 +211,16 @@ def append_manifest(path: Path, records: Sequence[dict]) -> None:
         return
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     with _manifest_lock(path):
-        with open(path, "a+b") as handle:
-            _cut_torn_tail(handle)  # a line a crashed writer left open is removed, not continued
-            handle.seek(0, os.SEEK_END)
-            handle.write(text.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(path, "a+b", buffering=0) as handle:
+                _cut_torn_tail(handle)  # a line a crashed writer left open is removed, not continued
+                handle.seek(0, os.SEEK_END)
+                rest = memoryview(text.encode())
+                while rest:  # a raw write may be partial; the next one then raises (ENOSPC, EFBIG)
+                    rest = rest[handle.write(rest):]
+                os.fsync(handle.fileno())
+        except OSError as err:  # a full disk: name the file (a partial line is cut by the next append)
+            raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def save_png_atomic(image: torch.Tensor, path: Path) -> None:
@@ -374,25 +378,27 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
     todo = pending(out_dir, items)
     logger.info("%d of %d images to make (%d already done)", len(todo), len(items), len(items) - len(todo))
     cache.ensure(dataset, sorted({it.source_index for it in todo}), batch_size=batch_size, progress=progress)
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img", disable=not progress)
     written = 0
-    for batch in _claimed_batches(out_dir, todo, batch_size):
-        result = generate_batch(
-            sd, cache.get(dataset, [it.source_index for it in batch]),
-            torch.tensor([it.label for it in batch]), [it.seed for it in batch], prompts=prompts,
-            strength=strength, steps=steps, guidance_scale=guidance_scale, guidance=guidance, guide=guide,
-            record_energy=record_energy, start_index=start_index)
-        records = []
-        for k, it in enumerate(batch):
-            save_png_atomic(result.images[k], out_dir / it.image)
-            record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
-                      "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
-            record.update({key: (result.energies[key][k] if key in result.energies else None) for key in ENERGY_KEYS})
-            records.append(record)
-        append_manifest(out_dir / MANIFEST, records)
-        written += len(batch)
-        bar.update(len(batch))
-    bar.close()
+    # A context, so an error closes the bar before the one-line message instead of redrawing it after.
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img",
+              disable=not progress) as bar:
+        for batch in _claimed_batches(out_dir, todo, batch_size):
+            result = generate_batch(
+                sd, cache.get(dataset, [it.source_index for it in batch]),
+                torch.tensor([it.label for it in batch]), [it.seed for it in batch], prompts=prompts,
+                strength=strength, steps=steps, guidance_scale=guidance_scale, guidance=guidance, guide=guide,
+                record_energy=record_energy, start_index=start_index)
+            records = []
+            for k, it in enumerate(batch):
+                save_png_atomic(result.images[k], out_dir / it.image)
+                record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
+                          "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
+                record.update({key: (result.energies[key][k] if key in result.energies else None)
+                               for key in ENERGY_KEYS})
+                records.append(record)
+            append_manifest(out_dir / MANIFEST, records)
+            written += len(batch)
+            bar.update(len(batch))
     return written
 
 

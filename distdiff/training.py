@@ -143,8 +143,11 @@ def _load_last_state(path: Path, config: TrainConfig) -> dict[str, Any] | None:
 
 
 def _append_log(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except OSError as err:  # a failed write names no file; the user needs to know which
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def fit(model: nn.Module, *, train_set: Dataset, test_set: Dataset, val_set: Dataset | None,

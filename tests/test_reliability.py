@@ -447,6 +447,31 @@ def test_kill_9_while_a_png_is_written_then_resume_is_byte_identical(tmp_path, e
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_disk_that_fills_up_during_expansion_is_one_line_and_the_rerun_completes(tmp_path, expand_argv):
+    def argv(folder):
+        return expand_argv(folder, "--batch_size", "1")  # a torn line's image is then redone in the same batch
+
+    reference = tmp_path / "reference"
+    expand.main(expand.parse_args(argv(reference)))  # also fills the latent cache
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for made in [*out.rglob("*.png"), out / MANIFEST]:
+        made.unlink()  # keep prototypes and config: only the manifest grows past the limit below
+
+    def small_disk():  # writes past 3 KiB fail (EFBIG), as a full disk's fail with ENOSPC
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 1024, 3 * 1024))
+
+    result = run_script("expand.py", *argv(out), preexec_fn=small_disk)
+    assert result.returncode == 1
+    assert error_line(result) == (f"expand.py: error: cannot write {out / MANIFEST}: File too large; the file is "
+                                  f"larger than this system allows (ulimit -f).")
+    assert not (out / MANIFEST).read_bytes().endswith(b"\n")  # the disk cut the last line short
+    expand.main(expand.parse_args(argv(out)))
+    assert visible_files(out) == visible_files(reference)
+
+
 # ---------------------------------------------------------------------------------------------
 # Disks, permissions, modes
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+import os
+
+# The test models are tiny: intra-op threads buy nothing, and on a busy shared CPU spinning
+# worker threads made one tiny-UNet call ~75x slower (1.9 s vs 25 ms) in our measurements.
+# Set before torch loads; the scripts' thread default (distdiff.cli) honours it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 from torch import nn
 import pytest
@@ -14,8 +22,6 @@ from distdiff.tiny_sd import save_tiny_sd
 
 NUM_CLASSES = 10  # the digits
 
-# The test models are tiny: intra-op threads buy nothing, and on a busy shared CPU spinning
-# worker threads made one tiny-UNet call ~75x slower (1.9 s vs 25 ms) in our measurements.
 torch.set_num_threads(1)
 FEATURE_DIM = 16
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from distdiff.images import ImageError
 from distdiff.latent_cache import LatentCache
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.registry import dataset_spec, load_dataset
+from distdiff.settings import RULES, SettingError, check_schedule, check_settings
 from distdiff.report import build_report
 from distdiff.report_metrics import ReportError
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
@@ -106,46 +106,12 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
 
 
-def _validate_schedule(args: argparse.Namespace) -> None:
-    if args.guidance_step > args.steps:
-        raise expansion.ExpansionError(f"--guidance_step must be in [1, --steps={args.steps}], got {args.guidance_step}.")
-    if args.guidance_period > args.guidance_step:
-        raise expansion.ExpansionError(f"--guidance_period ({args.guidance_period}) cannot exceed --guidance_step "
-                                       f"({args.guidance_step}): the look-ahead would run past the last step.")
-    start = img2img_start_index(args.steps, args.strength, args.start_index)
-    if args.steps - args.guidance_step < start:
-        raise expansion.ExpansionError(
-            f"--guidance_step {args.guidance_step} guides schedule index {args.steps - args.guidance_step}, before the "
-            f"first img2img step {start} of --strength {args.strength}; use --guidance_step <= {args.steps - start}.")
-
-
-# Every numeric expand.py setting and what it must be; validate() is the one place they are checked
-# (after math.isfinite: NaN passes every comparison and inf would run to NaN latents).
-_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-_NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
-SETTING_RULES = {
-    "num_images_per_prompt": _AT_LEAST_1, "steps": _AT_LEAST_1, "batch_size": _AT_LEAST_1,
-    "total_split": _AT_LEAST_1, "K": _AT_LEAST_1, "guidance_period": _AT_LEAST_1, "guidance_step": _AT_LEAST_1,
-    "max_source_images": _AT_LEAST_1, "num_threads": _AT_LEAST_1,
-    "strength": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "rho": _NON_NEGATIVE, "gs": _NON_NEGATIVE, "ls": _NON_NEGATIVE, "guidance_scale": _NON_NEGATIVE,
-    "constraint_value": (lambda v: v > 0, "positive"),
-    "resolution": (lambda v: v >= 8, "at least 8 pixels"),
-}
-
-
 def validate(args: argparse.Namespace) -> None:
-    """Reject flag values that cannot work, naming the flag and the fix (unset optional flags are None)."""
-    for flag, (valid, requirement) in SETTING_RULES.items():
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        if not math.isfinite(value):
-            raise expansion.ExpansionError(f"--{flag} must be a finite number, got {value}.")
-        if not valid(value):
-            raise expansion.ExpansionError(f"--{flag} must be {requirement}, got {value}.")
+    """Reject flag values that cannot work, naming the flag and the fix (rules: distdiff.settings)."""
+    check_settings(**{name: getattr(args, name, None) for name in RULES})
     if GUIDANCE[args.guidance] != "none":  # the guidance schedule flags are unused by plain SD
-        _validate_schedule(args)
+        check_schedule(steps=args.steps, guidance_step=args.guidance_step, guidance_period=args.guidance_period,
+                       start=img2img_start_index(args.steps, args.strength, args.start_index))
     if not 0 <= args.split < args.total_split:
         raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
     use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
@@ -284,4 +250,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 # User mistakes expand.py reports as one line instead of a traceback (refused writes: distdiff.cli).
-EXPAND_ERRORS = (expansion.ExpansionError, DatasetError, ClassifierError, ImageError)
+EXPAND_ERRORS = (expansion.ExpansionError, SettingError, DatasetError, ClassifierError, ImageError)

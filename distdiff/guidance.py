@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from distdiff.settings import check_period, check_settings
+
 logger = logging.getLogger(__name__)
 
 GS = 1.0  # weight of the class energy; the authors' expand_diff.sh (--gs default 1)
@@ -209,8 +211,8 @@ class EnergyGuidance:
     def __post_init__(self):
         if self.method not in GUIDANCE_METHODS:
             raise ValueError(f"unknown guidance method '{self.method}'; choose one of {GUIDANCE_METHODS}.")
-        if not 1 <= self.period <= self.guidance_step:
-            raise ValueError(f"guidance period must be in [1, guidance_step={self.guidance_step}], got {self.period}.")
+        check_settings(rho=self.rho, constraint_value=self.eps)
+        check_period(guidance_step=self.guidance_step, guidance_period=self.period)
 
     def first_index(self, steps: int) -> int:
         """Schedule index T - M of the (first) guided step."""

@@ -25,6 +25,7 @@ from torchvision.transforms import v2 as T
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from distdiff.guidance import Denoise, EnergyGuidance, GuideEnergy, ImageEnergy
+from distdiff.settings import check_schedule, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +158,7 @@ START_INDEX = "diffusers"
 
 def img2img_start_index(steps: int, strength: float, formula: str = START_INDEX) -> int:
     """First schedule index for `strength` by `formula` (START_INDEX_FORMULAS; s=0.5, T=50 -> 25 for both)."""
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}.")
+    check_settings(steps=steps, strength=strength)
     if formula not in START_INDEX_FORMULAS:
         raise ValueError(f"unknown start index formula '{formula}'; choose one of {sorted(START_INDEX_FORMULAS)}.")
     return START_INDEX_FORMULAS[formula](steps, strength)
@@ -242,15 +242,6 @@ class BatchResult:
     energies: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _check_schedule(guidance: EnergyGuidance, steps: int, start: int) -> None:
-    first = guidance.first_index(steps)
-    if not 0 <= first < steps:
-        raise ValueError(f"guidance_step M={guidance.guidance_step} must be in [1, steps={steps}].")
-    if first < start:
-        raise ValueError(f"the guided step index T-M={first} comes before the first img2img step {start} "
-                         f"(strength); lower --guidance_step or raise --strength.")
-
-
 def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int], *,
                    prompts: PromptEmbeddings, strength: float = STRENGTH, steps: int = STEPS,
                    guidance_scale: float = GUIDANCE_SCALE, guidance: EnergyGuidance | None = None,
@@ -275,8 +266,9 @@ def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: tor
     scheduler.set_timesteps(steps, device=sd.device)
     timesteps = scheduler.timesteps
     start = img2img_start_index(steps, strength, start_index)
+    check_settings(guidance_scale=guidance_scale)
     if guidance is not None:
-        _check_schedule(guidance, steps, start)
+        check_schedule(steps=steps, guidance_step=guidance.guidance_step, guidance_period=guidance.period, start=start)
 
     # Same draws, in the same order, as StableDiffusionImg2ImgPipeline with a list of generators.
     init = torch.cat([DiagonalGaussianDistribution(latent_params[i:i + 1]).sample(generator=g)

@@ -190,7 +190,7 @@ TRAIN_FAST = ["--epochs", "1", "--batch_size", "4", "--image_size", "16", "--num
 
 
 @pytest.mark.parametrize("kind", ["zero-byte", "truncated", "corrupt", "symlink", "bomb"])
-def test_training_on_an_unreadable_synthetic_image_stops_with_its_name(tmp_path, kind, monkeypatch):
+def test_training_on_an_unreadable_synthetic_image_stops_with_its_name(tmp_path, kind, monkeypatch, caplog):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     ds = make_imagefolder(tmp_path / "ds", {"cat": 3, "dog": 3})
     expanded = make_imagefolder(tmp_path / "exp", {"cat": 2, "dog": 2}, splits=("x",)) / "x"
@@ -203,8 +203,11 @@ def test_training_on_an_unreadable_synthetic_image_stops_with_its_name(tmp_path,
     assert "\n" not in message and "Traceback" not in message
     assert message.startswith(f"train_expand.py: error: cannot read image {bad}: ")
 
+    caplog.set_level(logging.WARNING)
     results = train_expand.main(train_expand.parse_args(argv + ["--skip_unreadable"]))
     assert results["num_unreadable_skipped"] == 1 and results["num_synthetic"] == 4
+    assert f"skipping unreadable image (--skip_unreadable): {message.split('error: ', 1)[1]}" in caplog.text
+    assert "skipped 1 unreadable images (train 0, val 0, test 0, synthetic 1)" in caplog.text
     saved = yaml.safe_load(next((tmp_path / "runs").rglob("results.yaml")).read_text())
     assert saved["num_unreadable_skipped"] == 1
 

@@ -230,8 +230,16 @@ def save_png_atomic(image: torch.Tensor, path: Path) -> None:
         Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
 
 
+# Parameters recorded only since they became settable, with the value every earlier run used,
+# so a folder made before a new flag existed still resumes under the default.
+PARAMS_ADDED_LATER = {"start_index": "diffusers"}
+
+
 def _differences(stored: dict, wanted: dict) -> dict:
-    return {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+    """{key: (stored, wanted)} for every parameter the stored config records differently."""
+    def stored_value(key):
+        return stored.get(key, PARAMS_ADDED_LATER.get(key))
+    return {k: (stored_value(k), v) for k, v in wanted.items() if stored_value(k) != v}
 
 
 def ensure_run_config(out_dir: Path, config: dict) -> None:

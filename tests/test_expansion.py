@@ -232,3 +232,11 @@ def test_cli_names_the_command_that_trains_a_missing_guide(tmp_path, monkeypatch
                         dataclasses.replace(registry.DATASETS["digits"], sd_model=str(tmp_path / "no-tiny-sd")))
     with pytest.raises(SystemExit, match="python scripts/train_tiny_sd.py"):
         expand.main(expand.parse_args(["-d", "digits"]))
+
+
+def test_run_config_from_before_start_index_resumes_under_the_default(tmp_path):
+    """A folder whose config predates --start_index was made with diffusers' start index."""
+    ensure_run_config(tmp_path, {"strength": 0.5})
+    ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "diffusers"})
+    with pytest.raises(ExpansionError, match=r"'start_index': \('diffusers', 'authors'\)"):
+        ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "authors"})

@@ -1,8 +1,8 @@
 """Throughput of the DistDiff expansion: batched generation vs the paper's one-image-at-a-time path.
 
 Both paths call distdiff.sampling.generate_batch, the function expand.py runs, at the paper's
-settings (SPEC.md: 512 px, DDIM 50 steps, strength 0.5, CFG 7.5, transform guidance, period 2,
-M 20) on Stable Diffusion v1.x components built at full size from their published configurations
+settings (docs/METHOD.md#defaults: 512 px, DDIM 50 steps, strength 0.5, CFG 7.5, transform
+guidance, period 2, M 20) on Stable Diffusion v1.x components built at full size from their published configurations
 with random weights (timing does not depend on weight values; nothing is downloaded) and a
 randomly initialised ResNet-50 guide with random prototypes.
 
@@ -12,8 +12,8 @@ randomly initialised ResNet-50 guide with random prototypes.
   the paper's code runs.
 
 Both run in the same process on the same weights and the same images, so the speed-up is a ratio
-measured side by side, and the batched images are compared with the reference ones (issue 5:
-speed work keeps results identical). `--quick` runs the same comparison on CPU with a scaled-down
+measured side by side, and the batched images are compared with the reference ones (speed work
+must keep results identical). `--quick` runs the same comparison on CPU with a scaled-down
 model. See benchmarks/README.md; measured figures are in benchmarks/RESULTS.md.
 """
 
@@ -49,7 +49,7 @@ from distdiff.files import atomic_write_text
 from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tokenizer
 from sd_configs import SD_V1_TEXT_ENCODER, SD_V1_UNET, SD_V1_VAE  # benchmarks/sd_configs.py, beside this script
 
-# SD v1's noise schedule as a DDIM scheduler (SPEC.md samples with DDIM).
+# SD v1's noise schedule as a DDIM scheduler (the paper samples with DDIM, docs/METHOD.md#pipeline).
 SD_V1_SCHEDULER = SCHEDULER_CONFIG
 
 # --quick: the same block layout with 10x fewer channels (UNet ~8.6M parameters), a 2-layer
@@ -59,11 +59,11 @@ QUICK_VAE = {**SD_V1_VAE, "sample_size": 64, "block_out_channels": (32, 64, 128,
 QUICK_TEXT_ENCODER = {**SD_V1_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
                       "num_attention_heads": 4, "projection_dim": 64}
 
-GUIDE_ARCH = "resnet50"  # SPEC.md: the paper's guide
+GUIDE_ARCH = "resnet50"  # the paper's guide (docs/METHOD.md#defaults)
 NUM_CLASSES = 10  # prototypes and prompts cycle over 10 random classes
-NUM_GROUPS = 3  # SPEC.md: K = 3
+NUM_GROUPS = 3  # the paper's K = 3 (docs/METHOD.md#defaults)
 SOURCE_POOL = 4  # distinct random source images the items cycle over
-REFERENCE_PRECISION = "fp16"  # the paper's code runs SD in fp16 (SPEC.md); fp32 on CPU
+REFERENCE_PRECISION = "fp16"  # the authors' code runs SD in fp16; fp32 on CPU
 SEED = 0
 
 
@@ -83,7 +83,7 @@ class Scale:
 
 
 SCALES = {
-    # SPEC.md: 512 px, DDIM 50 steps; guide input 224 px.
+    # the paper's 512 px, DDIM 50 steps; guide input 224 px (docs/METHOD.md#defaults).
     "full": Scale(SD_V1_UNET, SD_V1_VAE, SD_V1_TEXT_ENCODER, resolution=512, steps=50, guide_size=224,
                   batch_sizes=(1, 2, 4, 8, 16), repeats=2, threads=None),
     "quick": Scale(QUICK_UNET, QUICK_VAE, QUICK_TEXT_ENCODER, resolution=64, steps=10, guide_size=64,

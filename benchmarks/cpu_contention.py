@@ -10,9 +10,9 @@ epoch = the SGD steps on digits' 100 training images plus the evaluation on 600 
 
 Scenarios (the competitor is `python -c "while True: pass"`, one busy thread):
 - alone-1thread:   --num_threads 1, no competitor (the reference)
-- busy-default:    our defaults (OMP_WAIT_POLICY=PASSIVE, threads = free CPUs from the load average)
-- busy-2threads:   PASSIVE but --num_threads 2 forced (the load average has not yet seen the competitor)
-- busy-old:        what the scripts did before: OMP_WAIT_POLICY=ACTIVE (OpenMP's spin-wait) and 2 threads
+- busy-default:    our defaults (OMP_WAIT_POLICY=PASSIVE, one thread per available CPU)
+- busy-1thread:    PASSIVE and --num_threads 1 (leaving the competitor its core)
+- busy-old:        what the scripts did before: OMP_WAIT_POLICY=ACTIVE (OpenMP's spin-wait), one thread per CPU
 Prints a markdown table and one JSON line; ratios are against alone-1thread.
 """
 
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = {  # name: (competitor?, OMP_WAIT_POLICY or None for the scripts' default, --num_threads or None)
     "alone-1thread": (False, None, 1),
     "busy-default": (True, None, None),
-    "busy-2threads": (True, None, 2),
-    "busy-old": (True, "ACTIVE", 2),
+    "busy-1thread": (True, None, 1),
+    "busy-old": (True, "ACTIVE", None),
 }
 
 

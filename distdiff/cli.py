@@ -27,21 +27,21 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_num_threads(cpus: int | None = None, load: float | None = None) -> int:
-    """Threads for torch on CPU: the available CPUs not already busy (1-minute load average), at least 1.
+def default_num_threads(cpus: int | None = None) -> int:
+    """Threads for torch on CPU: one per available CPU.
 
-    A thread per CPU is fastest on an idle machine, but a parallel region waits for its slowest
-    thread, so on a CPU that another job also uses every region runs at the time-shared speed.
+    Not fewer when the machine is busy: torch's CPU kernels give slightly different floating-point
+    results with another thread count, so a default that followed the load would make the same
+    command give other numbers at another time. The passive wait policy above is what keeps a
+    shared CPU from collapsing (benchmarks/RESULTS.md, "cpu_contention").
     """
-    cpus = available_cpus() if cpus is None else cpus
-    load = os.getloadavg()[0] if load is None else load
-    return max(1, min(cpus, cpus - int(round(load))))
+    return available_cpus() if cpus is None else cpus
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """--num_threads: torch's CPU threads (default: default_num_threads())."""
     parser.add_argument("--num_threads", type=int, default=None,
-                        help="CPU threads for torch (default: available CPUs minus the 1-minute load, at least 1)")
+                        help="CPU threads for torch (default: one per available CPU; OMP_NUM_THREADS also sets it)")
 
 
 def configure_threads(num_threads: int | None) -> int:

@@ -547,9 +547,14 @@ def test_a_corrupt_results_yaml_is_named(tmp_path):
 # CPU threads
 
 
-@pytest.mark.parametrize("cpus, load, threads", [(2, 0.1, 2), (2, 1.2, 1), (2, 5.0, 1), (16, 3.4, 13)])
-def test_default_threads_leave_busy_cpus_alone(cpus, load, threads):
-    assert cli.default_num_threads(cpus, load) == threads
+def test_default_threads_are_the_available_cpus_whatever_the_load(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))  # a busy machine must not change the count
+    monkeypatch.setattr(cli, "available_cpus", lambda: 3)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cli.configure_threads(None) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cli.configure_threads(None) == 2
+    assert cli.configure_threads(1) == 1
 
 
 ORDER_PROBE = """

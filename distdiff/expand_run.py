@@ -62,10 +62,13 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                         "writes; that command with --print_checkpoint prints it)")
     p.add_argument("--output_dir", default=None, help="default: expanded/<dataset>/<distdiff|sd|...>_<N>x")
     p.add_argument("--num_images_per_prompt", type=int, default=NUM_IMAGES_PER_PROMPT, help="copies per image")
-    p.add_argument("--strength", type=float, default=STRENGTH, help="img2img strength in (0, 1]")
+    p.add_argument("--strength", type=float, default=None,
+                   help=f"img2img strength in (0, 1] (default: {STRENGTH}; the dataset's paper value, e.g. 0.2 for pathmnist)")
     p.add_argument("--steps", type=int, default=STEPS, help="DDIM steps T")
     p.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance")
-    p.add_argument("--guidance_step", type=int, default=GUIDANCE_STEP, help="M: guide at schedule index T-M")
+    p.add_argument("--guidance_step", type=int, default=None,
+                   help=f"M: guide at schedule index T-M (default: {GUIDANCE_STEP}; the dataset's paper value, e.g. 10 "
+                        f"for pathmnist)")
     p.add_argument("--guidance_period", type=int, default=GUIDANCE_PERIOD, help="look-ahead / guided steps")
     p.add_argument("--rho", type=float, default=RHO, help="guidance learning rate")
     p.add_argument("--constraint_value", type=float, default=EPS, help="L-inf radius eps around z_t")
@@ -104,6 +107,18 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_report", action="store_true",
                    help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
     add_threads_argument(p)
+
+
+# Flags whose default depends on the dataset (its registry entry's expand_defaults), with the paper's general value.
+DATASET_DEPENDENT = {"strength": STRENGTH, "guidance_step": GUIDANCE_STEP}
+
+
+def apply_dataset_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags left unset from the dataset's registry entry, else the paper's general defaults."""
+    overrides = dataset_spec(args.dataset).expand_defaults
+    for name, default in DATASET_DEPENDENT.items():
+        if getattr(args, name) is None:
+            setattr(args, name, overrides.get(name, default))
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -185,6 +200,7 @@ def write_run_report(args: argparse.Namespace, out: Path, guide_checkpoint: str 
 
 def run(args: argparse.Namespace) -> dict:
     """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
+    apply_dataset_defaults(args)
     validate(args)
     resolve_paths(args)
     if not torch.cuda.is_available():

@@ -2,14 +2,14 @@
 
 An entry names the loader of the dataset's splits, its class prompt template, the classifier's
 image size and flip default, and the default Stable Diffusion model and guide architecture of
-expand.py. Adding a dataset is adding one `DatasetSpec` to `DATASETS`; `imagefolder:PATH` gets
+expand.py, and the expansion settings the paper changes for that dataset. Adding a dataset is adding one `DatasetSpec` to `DATASETS`; `imagefolder:PATH` gets
 the paper's defaults. Defaults are the paper's (docs/METHOD.md#defaults).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ class DatasetSpec:
     flip: bool = True  # the paper's horizontal flip in the training recipe
     sd_model: str = DEFAULT_SD_MODEL  # hub id, or an absolute path to a local diffusers folder
     guide_arch: str = "resnet50"  # the paper's guide is ResNet-50 trained from scratch
+    # expand.py flags whose paper value differs for this dataset ({flag: value}); the flag, when given, wins
+    expand_defaults: dict = field(default_factory=dict)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -48,7 +50,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "oxford_flowers": DatasetSpec(paper.load_oxford_flowers),
     "oxford_pets": DatasetSpec(paper.load_oxford_pets),
     "imagenette": DatasetSpec(paper.load_imagenette),
-    "pathmnist": DatasetSpec(paper.load_pathmnist),
+    # The paper expands PathMNIST at strength 0.2 with M = 10; the prompt is the authors' code's.
+    "pathmnist": DatasetSpec(paper.load_pathmnist, prompt="a colon pathological image of {}.",
+                             expand_defaults={"strength": 0.2, "guidance_step": 10}),
 }
 
 

@@ -63,3 +63,21 @@ def test_the_data_module_does_not_import_the_registry():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "['distdiff.data', 'distdiff.images']"  # images.py: a leaf (PIL, numpy only)
+
+
+def test_dataset_expansion_defaults_fill_unset_flags_only(monkeypatch):
+    """PathMNIST's paper settings (strength 0.2, M 10) come from its entry; an explicit flag wins; others keep 0.5 / 20."""
+    args = expand.parse_args(["-d", "pathmnist"])
+    expand_run.apply_dataset_defaults(args)
+    assert (args.strength, args.guidance_step) == (0.2, 10)
+    args = expand.parse_args(["-d", "pathmnist", "--strength", "0.35"])
+    expand_run.apply_dataset_defaults(args)
+    assert (args.strength, args.guidance_step) == (0.35, 10)
+    monkeypatch.setitem(registry.DATASETS, "toy", DatasetSpec(toy_loader, expand_defaults={"guidance_step": 15}))
+    args = expand.parse_args(["-d", "toy"])
+    expand_run.apply_dataset_defaults(args)
+    assert (args.strength, args.guidance_step) == (0.5, 15)
+    args = expand.parse_args(["-d", "digits"])
+    expand_run.apply_dataset_defaults(args)
+    assert (args.strength, args.guidance_step) == (0.5, 20)
+    assert registry.dataset_spec("pathmnist").prompt.format("debris") == "a colon pathological image of debris."

@@ -9,11 +9,13 @@ the paper's defaults. Defaults are the paper's (docs/METHOD.md#defaults).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from distdiff import datasets_paper as paper
+from distdiff import shift
 from distdiff.data import (DEFAULT_PROMPT, DIGITS_SIZE, SPLITS, DatasetError, LabeledImages, load_digits_split,
                            load_imagefolder)
 
@@ -54,6 +56,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "pathmnist": DatasetSpec(paper.load_pathmnist, prompt="a colon pathological image of {}.",
                              expand_defaults={"strength": 0.2, "guidance_step": 10}),
 }
+# Digits with a generator-target gap (distdiff/shift.py, docs/shift_benchmark.md): the digits entry with
+# shifted images or unseen class names, expanded by the same digits generator.
+DATASETS.update({name: replace(DATASETS["digits"], loader=partial(shift.load_shifted_digits, spec, name),
+                               prompt=spec.prompt_template or DATASETS["digits"].prompt)
+                 for name, spec in shift.SHIFTED_DIGITS.items()})
 
 
 def dataset_spec(name: str) -> DatasetSpec:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The paper's comparison (paper Sec. 4) at small scale: digits few-shot (10 images per class), smallcnn
+# The paper's comparison (the paper's experiments, main results table) at small scale: digits few-shot (10 images per class), smallcnn
 # from scratch with the paper's recipe, seeds 1 2 3 each:
 #   original only | AutoAugment | SD img2img without guidance (5x) |
 #   DistDiff class energy only | group energy only | class + group (5x each)

@@ -25,6 +25,7 @@ from distdiff.files import is_environment_error
 from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, EnergyGuidance, GuideEnergy
 from distdiff.images import ImageError
 from distdiff.latent_cache import LatentCache
+from distdiff.manifest import MANIFEST, ManifestError, summarize_manifest
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.registry import dataset_spec, load_dataset
 from distdiff.settings import RULES, SettingError, check_schedule, check_settings
@@ -262,8 +263,8 @@ def run(args: argparse.Namespace) -> dict:
     if not args.no_report and state.is_main_process:
         write_run_report(args, out, params["guide_checkpoint"], device)
     return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
-            "seconds": seconds, "summary": expansion.summarize_manifest(out / expansion.MANIFEST)}
+            "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}
 
 
 # User mistakes expand.py reports as one line instead of a traceback (refused writes: distdiff.cli).
-EXPAND_ERRORS = (expansion.ExpansionError, SettingError, DatasetError, ClassifierError, ImageError)
+EXPAND_ERRORS = (expansion.ExpansionError, ManifestError, SettingError, DatasetError, ClassifierError, ImageError)

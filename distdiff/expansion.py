@@ -1,8 +1,8 @@
-"""Expansion runs: the work list, sharding, resume, the manifest and atomic outputs (docs/METHOD.md#pipeline, step 3).
+"""Expansion runs: the work list, sharding, claims, resume and atomic outputs (docs/METHOD.md#pipeline, step 3).
 
 Layout of an output folder OUT:
 - OUT/<class>/<source stem>_expand_<i>.png   synthetic images, each written atomically
-- OUT/manifest.jsonl                          one JSON line per finished image (MANIFEST_KEYS)
+- OUT/manifest.jsonl                          one JSON line per finished image (distdiff/manifest.py)
 - OUT/prototypes.pt                           the guide's prototypes and what they came from
 - OUT/expand_config.json                      the parameters every image in OUT was made with
 
@@ -14,8 +14,7 @@ source stay in one shard and shards never write the same file.
 Two runs on one folder (or overlapping shard layouts) share the work instead of repeating it:
 a run claims a source image (an OS lock on OUT/.claims/<class>/<stem>.lock, which the kernel
 releases when the process dies, even by kill -9) before making its copies, and skips sources
-another run holds. A manifest line cut by a crash or a full disk is removed before the next
-append or run (its image is then made again, identically).
+another run holds.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,19 +36,17 @@ from distdiff.data import LabeledImages
 from distdiff.files import atomic_open, atomic_write_text, temp_pattern
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
+from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, read_manifest, repair_manifest
 from distdiff.prototypes import PrototypeFileError, Prototypes
 from distdiff.sampling import (ENERGY_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
                                image_seed)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
 PROTOTYPES = "prototypes.pt"
 RUN_CONFIG = "expand_config.json"
 LOCK = ".expand.lock"
 CLAIMS = ".claims"  # per-source claim locks of the runs working in OUT
-# Every manifest line has exactly these keys; D_* are null when no guide measured them.
-MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + ENERGY_KEYS
 
 
 class ExpansionError(ValueError):
@@ -113,114 +109,6 @@ def source_name(dataset: LabeledImages, index: int) -> str:
     """A source image's file path, or '<dataset>:<stem>' for in-memory images."""
     source = dataset.samples[index].source
     return source if isinstance(source, str) else f"{dataset.name}:{dataset.samples[index].stem}"
-
-
-def _manifest_lock(path: Path) -> FileLock:
-    return FileLock(str(path.parent / f".{path.name}.lock"))
-
-
-def _parse_line(line: str) -> dict | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("image"), str) else None
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Manifest records by image path; a truncated last line (a crash mid-write) is ignored with a warning."""
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        record = _parse_line(line)
-        if record is None:
-            if number == len(lines):
-                logger.warning("%s: ignoring a truncated last line; its image will be regenerated", path)
-                continue
-            raise ExpansionError(f"{path} line {number} is not a manifest record; fix or delete that line "
-                                 f"(the next expand.py run on this folder removes it and remakes its image).")
-        records[record["image"]] = record
-    return records
-
-
-def _cut_torn_tail(handle) -> int:
-    """Truncate an open (a+b) manifest after its last newline, dropping a crashed writer's partial line; bytes cut."""
-    size = handle.seek(0, os.SEEK_END)
-    if size == 0:
-        return 0
-    handle.seek(size - 1)
-    if handle.read(1) == b"\n":
-        return 0
-    handle.seek(0)
-    keep = handle.read().rfind(b"\n") + 1  # rare (only after a crash), so reading it all is fine
-    handle.truncate(keep)
-    logger.warning("%s: removed a torn last line (%d bytes) left by a crash or a full disk; its image will be "
-                   "made again", handle.name, size - keep)
-    return size - keep
-
-
-def repair_manifest(path: Path) -> int:
-    """Remove what crashes leave in a manifest (a torn last line, lines that are not records); returns lines dropped."""
-    if not path.is_file():
-        return 0
-    with _manifest_lock(path):
-        with open(path, "r+b") as handle:
-            torn = _cut_torn_tail(handle) > 0
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
-        kept = [line for line in lines if not line.strip() or _parse_line(line) is not None]
-        dropped = len(lines) - len(kept)
-        if dropped:
-            bad = [n for n, line in enumerate(lines, 1) if line.strip() and _parse_line(line) is None]
-            logger.warning("%s: dropped %d line(s) that are not manifest records (lines %s); their images will be "
-                           "made again", path, dropped, bad[:10])
-            atomic_write_text(path, "".join(kept))
-        return dropped + torn
-
-
-class ManifestReader:
-    """The set of images a manifest lists, re-read incrementally (other runs append to it)."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.images = path, 0, set()
-
-    def refresh(self) -> set[str]:
-        """Images listed so far (complete lines only)."""
-        if not self.path.is_file():
-            return self.images
-        with open(self.path, "rb") as handle:
-            if handle.seek(0, os.SEEK_END) < self.offset:  # rewritten by a repair: start over
-                self.offset, self.images = 0, set()
-            handle.seek(self.offset)
-            chunk = handle.read()
-        complete = chunk[:chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        for line in complete.decode("utf-8", errors="replace").splitlines():
-            record = _parse_line(line)
-            if record is not None:
-                self.images.add(record["image"])
-        return self.images
-
-
-def append_manifest(path: Path, records: Sequence[dict]) -> None:
-    """Append JSON lines under a lock (several shards share one manifest), flushed to disk."""
-    if not records:
-        return
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    with _manifest_lock(path):
-        try:
-            with open(path, "a+b", buffering=0) as handle:
-                _cut_torn_tail(handle)  # a line a crashed writer left open is removed, not continued
-                handle.seek(0, os.SEEK_END)
-                rest = memoryview(text.encode())
-                while rest:  # a raw write may be partial; the next one then raises (ENOSPC, EFBIG)
-                    rest = rest[handle.write(rest):]
-                os.fsync(handle.fileno())
-        except OSError as err:  # a full disk: name the file (a partial line is cut by the next append)
-            raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def save_png_atomic(image: torch.Tensor, path: Path) -> None:
@@ -408,14 +296,3 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
             written += len(batch)
             bar.update(len(batch))
     return written
-
-
-def summarize_manifest(path: Path) -> dict[str, float]:
-    """Mean of each D_* over the manifest's images that have it, and the number of images."""
-    records = list(read_manifest(path).values())
-    summary = {"images": float(len(records))}
-    for key in ENERGY_KEYS:
-        values = [r[key] for r in records if r.get(key) is not None]
-        if values:
-            summary[key] = float(np.mean(values))
-    return summary

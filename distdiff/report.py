@@ -25,7 +25,8 @@ from distdiff import report_html
 from distdiff.augment import eval_transform
 from distdiff.classifiers import load_classifier
 from distdiff.data import LabeledImages, load_expanded
-from distdiff.expansion import MANIFEST, RUN_CONFIG, read_manifest
+from distdiff.expansion import RUN_CONFIG
+from distdiff.manifest import MANIFEST, read_manifest
 from distdiff.files import atomic_write_text
 from distdiff.registry import load_dataset
 from distdiff.report_metrics import (ReportError, copy_distances, energy_summary, fid_kid_by_class, guide_outputs,

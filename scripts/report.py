@@ -17,6 +17,7 @@ from pathlib import Path
 
 from distdiff.classifiers import ClassifierError
 from distdiff.data import SPLITS, DatasetError
+from distdiff.manifest import ManifestError
 from distdiff.report import BATCH_SIZE, HELDOUT_SPLIT, SHEET_SEED, SHEET_SOURCES, build_report
 from distdiff.report_metrics import ReportError
 
@@ -52,7 +53,7 @@ def main(args: argparse.Namespace) -> dict:
                               inception_weights=args.inception_weights, heldout_split=args.heldout_split,
                               sheet_sources=args.sheet_sources, seed=args.seed, batch_size=args.batch_size,
                               device=args.device)
-    except (ReportError, DatasetError, ClassifierError, OSError) as err:
+    except (ReportError, DatasetError, ClassifierError, ManifestError, OSError) as err:
         sys.exit(f"report.py: error: {err}")
     where = Path(args.output_dir or args.outs[0])
     print(f"wrote {where / 'report.html'} and {where / 'report.json'} in {report['seconds']:.1f} s")

@@ -11,11 +11,10 @@ from PIL import Image
 import expand
 from distdiff import registry
 from distdiff.data import LabeledImages, Sample, load_expanded
-from distdiff.expansion import (MANIFEST, MANIFEST_KEYS, ExpansionError, WorkItem, append_manifest,
-                                ensure_run_config, global_shard, load_or_compute_prototypes, pending, read_manifest,
-                                repair_manifest,
-                                select_sources, shard_sources, work_items)
+from distdiff.expansion import (ExpansionError, WorkItem, ensure_run_config, global_shard, load_or_compute_prototypes,
+                                pending, select_sources, shard_sources, work_items)
 from distdiff.latent_cache import LatentCache
+from distdiff.manifest import MANIFEST, MANIFEST_KEYS, ManifestError, append_manifest, read_manifest, repair_manifest
 from distdiff.prototypes import Prototypes
 from distdiff.registry import load_dataset
 
@@ -84,7 +83,7 @@ def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
     assert path.read_bytes() == first + (json.dumps(record("a/x_expand_1.png"), sort_keys=True) + "\n").encode()
     with open(path, "a") as handle:
         handle.write("{}\n" + json.dumps(record("a/x_expand_2.png")) + "\n")
-    with pytest.raises(ExpansionError, match="line 3 is not a manifest record"):
+    with pytest.raises(ManifestError, match="line 3 is not a manifest record"):
         read_manifest(path)
     assert repair_manifest(path) == 1
     assert list(read_manifest(path)) == ["a/x_expand_0.png", "a/x_expand_1.png", "a/x_expand_2.png"]

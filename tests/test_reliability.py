@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -31,11 +30,10 @@ import train_original
 from distdiff import cli
 from distdiff.classifiers import ClassifierError, build_classifier, load_classifier, save_checkpoint
 from distdiff.data import DatasetError
-from distdiff.expansion import CLAIMS, MANIFEST, WorkItem, claim_source, read_manifest, select_sources
+from distdiff.expansion import CLAIMS, WorkItem, claim_source, select_sources
 from distdiff.files import atomic_write_text, describe_os_error
 from distdiff.images import MAX_PIXELS, ImageError, open_image, unwrap_worker_message
-from distdiff.latent_cache import LatentCache
-from distdiff.prototypes import Prototypes
+from distdiff.manifest import MANIFEST, read_manifest
 from distdiff.registry import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,6 +30,11 @@ KMEANS_N_INIT = 10  # several restarts so a bad initial draw does not merge two 
 FORMAT_VERSION = 1
 
 
+def unit_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Guide features of images [B,3,H,W] as the prototypes see them: [B, D] float32, L2-normalised."""
+    return F.normalize(model.features(images).float().flatten(1), dim=1)
+
+
 def extract_features(model: torch.nn.Module, dataset, *, batch_size: int, device: str | torch.device,
                      num_workers: int = 0) -> torch.Tensor:
     """Guide features of every image in `dataset` (which carries the eval transform): [N, D] float32, unit-norm, CPU."""
@@ -40,8 +45,7 @@ def extract_features(model: torch.nn.Module, dataset, *, batch_size: int, device
     try:
         with torch.no_grad():
             for images, _ in tqdm(loader, desc="guide features", leave=False):
-                features = model.features(images.to(device))
-                chunks.append(F.normalize(features.float().flatten(1), dim=1).cpu())
+                chunks.append(unit_features(model, images.to(device)).cpu())
     finally:
         model.train(was_training)
     if not chunks:

@@ -26,6 +26,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
+from distdiff.prototypes import unit_features
+
 logger = logging.getLogger(__name__)
 
 KID_SUBSETS = 100  # torchmetrics' default number of KID subsets
@@ -189,7 +191,7 @@ def guide_outputs(model: nn.Module, dataset, *, batch_size: int, device: str | t
     features, predicted = [], []
     for images, _ in tqdm(_loader(dataset, batch_size), desc="guide features", leave=False):
         images = images.to(device)
-        features.append(nn.functional.normalize(model.features(images).float().flatten(1), dim=1).cpu())
+        features.append(unit_features(model, images).cpu())  # the prototypes' space
         predicted.append(model(images).argmax(dim=1).cpu())
     return torch.cat(features), torch.cat(predicted)
 

@@ -38,7 +38,7 @@ from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, read_manifest, repair_manifest
 from distdiff.prototypes import PrototypeFileError, Prototypes
-from distdiff.sampling import (ENERGY_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
+from distdiff.sampling import (RECORD_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
                                image_seed)
 
 logger = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
                 record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
                           "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
                 record.update({key: (result.energies[key][k] if key in result.energies else None)
-                               for key in ENERGY_KEYS})
+                               for key in RECORD_KEYS})
                 records.append(record)
             append_manifest(out_dir / MANIFEST, records)
             written += len(batch)

@@ -18,7 +18,7 @@ and keeps an image independent of its batch (docs/METHOD.md#differences-from-the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -37,6 +37,12 @@ GUIDANCE_PERIOD = 2  # look-ahead steps; the paper's ablation (2 best), expand_d
 # The authors' guide input (generate_data.py): the decoded [-1,1] image, unnormalised, resized by
 # F.interpolate(size=(224, 224), mode="bicubic"): align_corners False, no antialias.
 AUTHORS_GUIDE_SIZE = 224
+
+# Per-image measurements of a transform-guidance step (docs/METHOD.md#transform-guidance), for reading
+# what the gradient adds: the share of z_t's elements whose transformed value left the eps ball (and
+# was clamped onto its surface), and how far, RMS over z_t's elements, the projected random draw moves
+# z_t and the gradient step then moves it further.
+STEP_KEYS = ("eps_saturated", "move_draw", "move_grad")
 
 # (z_t [B,C,h,w], t) -> (z_{t-1}, predicted x0 latent), one classifier-free-guided DDIM step.
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -175,6 +181,19 @@ def transform_guidance(latents: torch.Tensor, timesteps: Sequence[torch.Tensor],
     return TransformStep(guided, scale, bias, new_scale, new_bias, float(value.detach()))
 
 
+def transform_step_stats(latents: torch.Tensor, step: TransformStep, *, eps: float) -> dict[str, torch.Tensor]:
+    """STEP_KEYS of one transform step from z_t [B,C,h,w]: each [B] float32."""
+    z = latents.detach().float()
+    dims = tuple(range(1, z.ndim))
+    # Saturation is read before the projection: after it, rounding in fp16 blurs "on the surface".
+    shifted = apply_transform(z, step.new_scale, step.new_bias) - z
+    drawn = project_linf(apply_transform(z, step.scale, step.bias), z, eps)
+    guided = step.latents.float()
+    return {"eps_saturated": (shifted.abs() > eps).float().mean(dim=dims),
+            "move_draw": (drawn - z).pow(2).mean(dim=dims).sqrt(),
+            "move_grad": (guided - drawn).pow(2).mean(dim=dims).sqrt()}
+
+
 def direct_guidance(latents: torch.Tensor, t: torch.Tensor, *, denoise: Denoise, image_energy: ImageEnergy,
                     rho: float = RHO) -> torch.Tensor:
     """One DDIM step from z_t [B,C,h,w] with the energy gradient subtracted: z_{t-1} - rho * grad_{z_t} E."""
@@ -192,6 +211,7 @@ class GuidanceOutput:
 
     latents: torch.Tensor
     took_step: bool
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # STEP_KEYS, each [B]; empty for direct guidance
 
 
 GUIDANCE_METHODS = ("transform", "direct")
@@ -233,7 +253,8 @@ class EnergyGuidance:
                                       image_energy=image_energy, generators=generators, rho=self.rho,
                                       eps=self.eps, normalize=self.normalize_transform)
             logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
-            return GuidanceOutput(step.latents, took_step=False)
+            return GuidanceOutput(step.latents, took_step=False,
+                                  stats=transform_step_stats(latents, step, eps=self.eps))
         previous = direct_guidance(latents, timesteps[index], denoise=denoise, image_energy=image_energy,
                                    rho=self.rho)
         return GuidanceOutput(previous, took_step=True)

@@ -17,13 +17,14 @@ import numpy as np
 from filelock import FileLock
 
 from distdiff.files import atomic_write_text
-from distdiff.sampling import ENERGY_KEYS
+from distdiff.sampling import RECORD_KEYS
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
-# Every manifest line has exactly these keys; D_* are null when no guide measured them.
-MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + ENERGY_KEYS
+# Every manifest line has exactly these keys; D_* and the guided step's measurements are null when
+# nothing measured them (older manifests may lack the step's keys altogether).
+MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + RECORD_KEYS
 
 
 class ManifestError(ValueError):
@@ -139,10 +140,10 @@ def append_manifest(path: Path, records: Sequence[dict]) -> None:
 
 
 def summarize_manifest(path: Path) -> dict[str, float]:
-    """Mean of each D_* over the manifest's images that have it, and the number of images."""
+    """Mean of each recorded value (D_*, the guided step's) over the images that have it, and the number of images."""
     records = list(read_manifest(path).values())
     summary = {"images": float(len(records))}
-    for key in ENERGY_KEYS:
+    for key in RECORD_KEYS:
         values = [r[key] for r in records if r.get(key) is not None]
         if values:
             summary[key] = float(np.mean(values))

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from distdiff.data import LabeledImages  # noqa: E402
+from distdiff.guidance import STEP_KEYS  # noqa: E402
 
 CELL = 72  # pixels per image on a contact sheet
 GAP = 4
@@ -270,6 +271,19 @@ def _energies(report: dict, images: dict[str, bytes]) -> str:
                          fmt(entry["paired_n"])])
     out += table(["expansion", "energy", "mean before", "mean after", "mean final", "moved closer", "final closer",
                   "n"], rows)
+    out += ("<p>The transform step (docs/METHOD.md#transform-guidance), means over images: the share of z_t's "
+            "elements the transform pushed outside the eps ball (then clamped onto it), and the RMS distance the "
+            "projected random scale/bias draw moves z_t and the gradient step then moves it further.</p>")
+    step_rows = []
+    for name, summary in report["energies"].items():
+        step = summary.get("step", {"status": "missing"})
+        if step.get("status") == "missing":
+            step_rows.append([_e(name), '<span class="missing">missing: '
+                              f'{_e(step.get("reason", "not recorded"))}</span>', "", "", ""])
+            continue
+        step_rows.append([_e(name)] + [fmt(step[k]["mean"]) if k in step else "" for k in STEP_KEYS] +
+                         [fmt(max(v["n"] for v in step.values()))])
+    out += table(["expansion", "eps saturated", "move: random draw", "move: gradient", "n"], step_rows)
     for name, entry in report["figures"].items():
         if "energies" in entry:
             out += f'<figure>{_img(images, entry["energies"], f"energy histograms of {name}")}</figure>'

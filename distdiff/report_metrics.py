@@ -26,6 +26,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
+from distdiff.guidance import STEP_KEYS
 from distdiff.prototypes import unit_features
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ def copy_distances(copies: torch.Tensor, copy_sources: torch.Tensor, source_feat
 
 
 def energy_summary(records: Sequence[dict], *, bins: int = 20) -> dict:
-    """D_c / D_g before guidance, right after it, and of the final image, from manifest records.
+    """D_c / D_g before guidance, right after it, and of the final image, from manifest records; "step":
+    means of the transform step's STEP_KEYS (eps saturation, random-draw and gradient moves).
 
     A level whose fields are absent or null in every record (old runs, --no_energy_log, plain SD
     without a guide) is reported as {"status": "missing"}, never as zeros.
@@ -160,6 +162,13 @@ def energy_summary(records: Sequence[dict], *, bins: int = 20) -> dict:
         entry["final_closer_than_before"] = (float(np.mean([f < b for b, _, f in paired])) if paired else None)
         entry["paired_n"] = len(paired)
         summary[level] = entry
+    step = {}
+    for key in STEP_KEYS:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            step[key] = {"mean": float(np.mean(values)), "n": len(values)}
+    summary["step"] = step or {"status": "missing", "reason": "not in manifest.jsonl (no transform guidance, an "
+                                                              "older run, or --no_energy_log)"}
     return summary
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from distdiff.guidance import Denoise, EnergyGuidance, GuideEnergy, ImageEnergy
+from distdiff.guidance import STEP_KEYS, Denoise, EnergyGuidance, GuideEnergy, ImageEnergy
 from distdiff.settings import check_schedule, check_settings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ GUIDANCE_SCALE = 7.5  # classifier-free guidance; the paper's setting, the autho
 PRECISION = "fp16"  # the authors' generate_data.py runs SD in fp16 (weight_dtype)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ENERGY_KEYS = ("D_c_before", "D_g_before", "D_c_after", "D_g_after", "D_c_final", "D_g_final")
+RECORD_KEYS = ENERGY_KEYS + STEP_KEYS  # what generate_batch can record per image
 
 
 @dataclass
@@ -236,7 +237,7 @@ def make_image_energy(sd: StableDiffusion, guide: GuideEnergy, labels: torch.Ten
 
 @dataclass
 class BatchResult:
-    """Generated images [B,3,H,W] float32 in [0,1] on CPU and per-image energies (ENERGY_KEYS, or empty)."""
+    """Generated images [B,3,H,W] float32 in [0,1] on CPU and per-image records (of RECORD_KEYS, or empty)."""
 
     images: torch.Tensor
     energies: dict[str, list[float]] = field(default_factory=dict)
@@ -253,7 +254,8 @@ def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: tor
     `guide`) the hook runs at schedule index T-M. With a guide and
     `record_energy`, D_c/D_g are measured on the decoded x0 prediction at the guided step before
     guidance, at the first plain step after it, and on the final image (always on L2-normalised
-    features, the prototypes' space); without guidance only the final values are recorded.
+    features, the prototypes' space); without guidance only the final values are recorded. A
+    transform-guided batch also records its step's STEP_KEYS.
     """
     batch = latent_params.shape[0]
     if len(seeds) != batch or labels.shape[0] != batch:
@@ -298,6 +300,8 @@ def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: tor
                 out = guidance(latents, index, timesteps, denoise=denoise, image_energy=image_energy,
                                generators=generators)
                 latents, after_pending = out.latents, True
+                if record:
+                    energies.update({key: value.tolist() for key, value in out.stats.items()})
                 if out.took_step:
                     continue
             latents, x0 = denoise(latents, t)

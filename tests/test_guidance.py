@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distdiff.guidance import (EnergyGuidance, GuideEnergy, apply_transform, direct_guidance, draw_transform,
-                               energy, guide_preprocess, lookahead_energy, project_linf, transform_guidance)
+from distdiff.guidance import (STEP_KEYS, EnergyGuidance, GuideEnergy, TransformStep, apply_transform, direct_guidance,
+                               draw_transform, energy, guide_preprocess, lookahead_energy, project_linf,
+                               transform_guidance, transform_step_stats)
 from distdiff.sampling import decode_latents, encode_prompts, make_denoiser, make_generators, make_image_energy
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +150,39 @@ def test_transform_with_rho_zero_ignores_the_energy(setup):
     e, b = draw_transform(make_generators([1, 2]), 4)
     expected = project_linf(apply_transform(setup["latents"], e, b), setup["latents"], 0.2)
     assert torch.equal(step.latents, expected)
+
+
+def test_step_stats_match_hand_computed_saturation_and_moves():
+    """One image, two channels of 2 elements: the draw and the gradient step are chosen by hand."""
+    z = torch.tensor([[[[1.0, -2.0]], [[0.5, 0.0]]]])  # [1, 2, 1, 2]
+    zeros = torch.zeros(1, 2, 1, 1)
+    draw_bias = torch.tensor([0.05, 0.5]).view(1, 2, 1, 1)  # channel 0 stays inside eps 0.1, channel 1 leaves it
+    new_bias = torch.tensor([-0.3, 0.5]).view(1, 2, 1, 1)  # the gradient pushes channel 0 out the other side
+    guided = project_linf(apply_transform(z, zeros, new_bias), z, 0.1)
+    step = TransformStep(guided, zeros, draw_bias, zeros, new_bias, energy=0.0)
+    stats = transform_step_stats(z, step, eps=0.1)
+    assert sorted(stats) == sorted(STEP_KEYS)
+    assert stats["eps_saturated"].tolist() == pytest.approx([1.0])  # |-0.3| and |0.5| both exceed 0.1
+    # draw: +0.05, +0.05, +0.1, +0.1 (clamped); gradient: channel 0 goes from +0.05 to -0.1
+    assert stats["move_draw"].tolist() == pytest.approx([math.sqrt((2 * 0.05 ** 2 + 2 * 0.1 ** 2) / 4)])
+    assert stats["move_grad"].tolist() == pytest.approx([math.sqrt(2 * 0.15 ** 2 / 4)])
+    inside = TransformStep(project_linf(apply_transform(z, zeros, draw_bias), z, 1.0), zeros, draw_bias, zeros,
+                           draw_bias, energy=0.0)
+    loose = transform_step_stats(z, inside, eps=1.0)
+    assert loose["eps_saturated"].tolist() == [0.0] and loose["move_grad"].tolist() == [0.0]
+
+
+def test_rho_zero_step_moves_only_by_the_draw_and_default_eps_saturates(setup):
+    """With the paper's draw (e ~ U(0,1), b ~ N(0,1)) most of z_t leaves the 0.2 ball; rho 0 adds no move."""
+    look = setup["timesteps"][5:7]
+    kwargs = {"denoise": setup["denoise"], "image_energy": setup["image_energy"], "eps": 0.2}
+    still = transform_guidance(setup["latents"], look, generators=make_generators([1, 2]), rho=0.0, **kwargs)
+    stats = transform_step_stats(setup["latents"], still, eps=0.2)
+    assert stats["move_grad"].tolist() == [0.0, 0.0]
+    assert all(0.5 < s <= 1.0 for s in stats["eps_saturated"].tolist())
+    assert all(0.1 < m <= 0.2 for m in stats["move_draw"].tolist())
+    moved = transform_guidance(setup["latents"], look, generators=make_generators([1, 2]), rho=10.0, **kwargs)
+    assert all(m > 0 for m in transform_step_stats(setup["latents"], moved, eps=0.2)["move_grad"].tolist())
 
 
 def test_direct_guidance_with_rho_zero_is_a_plain_step(setup):

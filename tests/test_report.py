@@ -210,6 +210,7 @@ def test_an_old_run_without_energies_or_config_gets_missing_sections(tmp_path):
     assert report["distribution"]["guide"]["status"] == "missing"
     assert report["label_fidelity"]["status"] == "missing" and report["copying"]["status"] == "missing"
     assert report["energies"]["old"]["D_c"]["status"] == "missing"
+    assert report["energies"]["old"]["step"]["status"] == "missing"
     page = (out / REPORT_HTML).read_text()
     assert page.count('class="missing"') >= 5 and "no guide checkpoint" in page
     (out / MANIFEST).unlink()
@@ -240,7 +241,11 @@ def test_expand_writes_the_report_at_the_end_unless_told_not_to(tmp_path, tiny_s
     manifest = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
     assert report["energies"]["out"]["D_g"]["final"]["mean"] == pytest.approx(
         sum(r["D_g_final"] for r in manifest) / 4)
+    for key in ("eps_saturated", "move_draw", "move_grad"):  # the transform step's measurements, per image
+        assert report["energies"]["out"]["step"][key] == {"mean": pytest.approx(sum(r[key] for r in manifest) / 4),
+                                                          "n": 4}
     assert (out / REPORT_HTML).is_file()
+    assert "eps saturated" in (out / REPORT_HTML).read_text()
     skipped = tmp_path / "skipped"
     expand.main(expand.parse_args(argv + ["--output_dir", str(skipped), "--no_report"]))
     assert not (skipped / REPORT_JSON).exists() and (skipped / MANIFEST).is_file()

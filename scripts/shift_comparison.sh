@@ -41,5 +41,7 @@ echo "== distances to held-out target images (test), label fidelity, copy distan
 python scripts/report.py "${EXPS[@]}" --heldout_split test --output_dir "results/$DATASET/comparison_report"
 python scripts/shift_gap.py "$DATASET" --guide "$GUIDE" --held_out test --expanded "${EXPS[@]}" \
   --json "results/$DATASET/gap_test.json"
-echo "== accuracy"
+echo "== accuracy of every run"
 python parse_logs.py "checkpoint/$DATASET" --multi
+echo "== the comparison table (also in results/$DATASET/table.md)"
+python scripts/shift_table.py "$DATASET" | tee "results/$DATASET/table.md"

@@ -1,4 +1,6 @@
-"""Tests for distdiff.shift: the shifted-digits datasets, their transformations and the unseen prompts."""
+"""Tests for distdiff.shift (the shifted-digits datasets, transformations, unseen prompts) and its table script."""
+
+import json
 
 import numpy as np
 import pytest
@@ -8,8 +10,10 @@ from diffusers import UNet2DConditionModel
 import expand
 from distdiff import shift
 from distdiff.registry import load_dataset
+from distdiff.results import write_results
 from distdiff.sampling import encode_prompts
 from distdiff.shift import SHIFTED_DIGITS, UNSEEN_CLASS_NAMES, shift_array
+from scripts import shift_table
 
 SPLITS = ("train", "val", "test", "pool")
 IMAGE_SHIFTS = sorted(name for name, spec in SHIFTED_DIGITS.items() if spec.shift is not None)
@@ -92,3 +96,47 @@ def test_unseen_prompt_reaches_the_unet(tmp_path, monkeypatch, tiny_sd, tiny_sd_
     for embeds in seen:  # CFG scale 1: the UNet gets the conditional embeddings alone, [1, L, D]
         assert any(torch.allclose(embeds[0], e) for e in unseen)
         assert not any(torch.allclose(embeds[0], e) for e in digits)
+
+
+def _fake_comparison(root, dataset, *, drop=None):
+    """What scripts/shift_comparison.sh leaves behind, with made-up numbers: runs, gap_test.json, report.json."""
+    for index, (_, folder, expansion) in enumerate(shift_table.ROWS):
+        for seed in (1, 2, 3):
+            run = root / "checkpoint" / dataset / folder / f"seed{seed}"
+            run.mkdir(parents=True)
+            write_results(run / "results.yaml", {"best_accuracy": 90.0 + index + seed,
+                                                 "val_selected_accuracy": 80.0 + index, "final_accuracy": 1.0})
+    expansions = [e for _, _, e in shift_table.ROWS if e is not None and e != drop]
+    rows = [{"name": "yardstick: real train vs test", "fid": 0.0058, "kid_mean": -1e-4, "kid_std": 2e-4,
+             "fidelity_judge": 0.98, "fidelity_guide": 1.0, "copy_to_source": None}]
+    rows += [{"name": f"expanded/{dataset}/{e}", "fid": 0.01 * (i + 1), "kid_mean": 1e-3, "kid_std": 1e-4,
+              "fidelity_judge": 0.9, "fidelity_guide": 0.8, "copy_to_source": 0.25} for i, e in enumerate(expansions)]
+    out = root / "results" / dataset
+    (out / "comparison_report").mkdir(parents=True)
+    (out / "gap_test.json").write_text(json.dumps({"rows": rows}))
+    energies = {e: {"D_c": {"status": "ok", "final": {"mean": 0.3}},
+                    "step": {"eps_saturated": {"mean": 0.87, "n": 500}, "move_draw": {"mean": 0.18, "n": 500},
+                             "move_grad": {"mean": 0.004, "n": 500}}} for e in expansions}
+    energies["sd_5x"] = {"D_c": {"status": "ok", "final": {"mean": 0.31}}, "step": {"status": "missing"}}
+    (out / "comparison_report" / "report.json").write_text(json.dumps({"energies": energies}))
+
+
+def test_shift_table_rows_come_from_the_runs_and_reports(tmp_path):
+    _fake_comparison(tmp_path, "digits-shift-blur")
+    text = shift_table.table("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results")
+    lines = text.splitlines()
+    assert len(lines) == 2 + 1 + len(shift_table.ROWS)
+    original, autoaugment, sd = lines[3], lines[4], lines[5]
+    assert original.startswith("| original data | 1,2,3 | 92.00 ± 1.00 | 80.00 ± 0.00 | – |")
+    assert autoaugment.startswith("| AutoAugment | 1,2,3 | 93.00 ± 1.00 |")
+    assert "| 0.0100 |" in sd and "| 0.310 |" in sd and sd.endswith("| 0.310 |  |  |")
+    assert lines[-1].startswith("| random transform alone (rho 0) |")
+    assert lines[-1].endswith("| 0.0600 | 1.00 ± 0.10 | 0.900 | 0.800 | 0.250 | 0.300 | 0.870 | 0.180 / 0.004 |")
+
+
+def test_shift_table_names_the_missing_input(tmp_path):
+    with pytest.raises(ValueError, match="gap_test.json not found; run `bash scripts/shift_comparison.sh"):
+        shift_table.table("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results")
+    _fake_comparison(tmp_path, "digits-shift-blur", drop="distdiff_direct_5x")
+    with pytest.raises(ValueError, match="distdiff_direct_5x is not in"):
+        shift_table.table("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results")

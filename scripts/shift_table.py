@@ -1,0 +1,103 @@
+"""The shifted-digits comparison table (docs/shift_benchmark.md) from what scripts/shift_comparison.sh wrote.
+
+    python scripts/shift_table.py digits-shift-blur
+
+One markdown row per setting: test accuracy over seeds (mean ± sample std: the best epoch, the
+paper's metric, and the epoch val picked), then for each expansion its distance to held-out
+test images in the guide's features (FID, KID), label fidelity (pool-trained judge, guide) and
+copy distance from results/DATASET/gap_test.json, and from
+results/DATASET/comparison_report/report.json the final D_c and the transform step's eps
+saturation and moves. A missing input
+is an error naming the command that makes it.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from distdiff import cli
+from distdiff.experiment import run_name
+from distdiff.results import format_value, summarize_experiment
+
+ARCH, LR, COPIES = "smallcnn", 0.1, 5  # what scripts/shift_comparison.sh runs
+# row label | experiment folder under checkpoint/DATASET | expansion name (None: no synthetic data)
+ROWS = (("original data", run_name(ARCH, False, LR, "default"), None),
+        ("AutoAugment", run_name(ARCH, False, LR, "autoaugment"), None),
+        ("SD img2img", f"sd_{COPIES}x/{run_name(ARCH, False, LR, 'default')}", f"sd_{COPIES}x"),
+        ("DistDiff class only", f"distdiff_class_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
+         f"distdiff_class_{COPIES}x"),
+        ("DistDiff group only", f"distdiff_group_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
+         f"distdiff_group_{COPIES}x"),
+        ("DistDiff class + group", f"distdiff_{COPIES}x/{run_name(ARCH, False, LR, 'default')}", f"distdiff_{COPIES}x"),
+        ("direct guidance", f"distdiff_direct_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
+         f"distdiff_direct_{COPIES}x"),
+        ("random transform alone (rho 0)", f"distdiff_rho0_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
+         f"distdiff_rho0_{COPIES}x"))
+HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test", "KID vs test (1e-3)",
+          "fidelity: judge", "fidelity: guide", "copy→source", "D_c final", "eps saturated", "move: draw / gradient")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="a digits-shift-* dataset that scripts/shift_comparison.sh has run")
+    parser.add_argument("--checkpoint_root", default="checkpoint", help="where the training runs are")
+    parser.add_argument("--results_root", default="results", help="where the comparison's reports are")
+    return parser.parse_args(argv)
+
+
+def _load_json(path: Path, dataset: str) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path} not found; run `bash scripts/shift_comparison.sh {dataset} STRENGTH` first "
+                         f"(it resumes and writes it at the end).")
+    return json.loads(path.read_text())
+
+
+def _f(value, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
+    """The markdown table; raises ValueError naming what is missing."""
+    gap = _load_json(results_root / dataset / "gap_test.json", dataset)
+    report = _load_json(results_root / dataset / "comparison_report" / "report.json", dataset)
+    gap_rows = {Path(r["name"]).name: r for r in gap["rows"]}
+    yard = next(r for r in gap["rows"] if r["name"].startswith("yardstick"))
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines.append(f"| yardstick: real train (100) vs test | – | – | – | {yard['fid']:.4f} | "
+                 f"{yard['kid_mean'] * 1e3:.2f} ± {yard['kid_std'] * 1e3:.2f} | {yard['fidelity_judge']:.3f} | "
+                 f"{yard['fidelity_guide']:.3f} | – | – | – | – |")
+    for label, folder, expansion in ROWS:
+        summary = summarize_experiment(checkpoint_root / dataset / folder)
+        acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
+               for m in ("best_accuracy", "val_selected_accuracy")]
+        seeds = ",".join(map(str, summary["seeds"]))
+        cells = ["–"] * 8
+        if expansion is not None:
+            if expansion not in gap_rows:
+                raise ValueError(f"{expansion} is not in {results_root / dataset / 'gap_test.json'}; rerun "
+                                 f"`bash scripts/shift_comparison.sh {dataset} STRENGTH`.")
+            g = gap_rows[expansion]
+            energies = report["energies"].get(expansion, {})
+            d_c = energies.get("D_c", {})
+            step = energies.get("step", {})
+            draw, grad = (step.get(k, {}).get("mean") for k in ("move_draw", "move_grad"))
+            cells = [f"{g['fid']:.4f}", f"{g['kid_mean'] * 1e3:.2f} ± {g['kid_std'] * 1e3:.2f}",
+                     f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
+                     _f(d_c.get("final", {}).get("mean") if d_c.get("status") == "ok" else None),
+                     _f(step.get("eps_saturated", {}).get("mean")),
+                     f"{draw:.3f} / {grad:.3f}" if draw is not None else ""]
+        lines.append("| " + " | ".join([label, seeds] + acc + cells) + " |")
+    return "\n".join(lines)
+
+
+def main(args):
+    with cli.user_errors("shift_table.py", (ValueError,)):
+        text = table(args.dataset, Path(args.checkpoint_root), Path(args.results_root))
+    print(text)
+    print("\n± is the sample standard deviation over seeds (ddof=1); distances in the guide's unit-norm features "
+          "(read them against the yardstick row).")
+    return text
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -38,10 +38,11 @@ GUIDANCE_PERIOD = 2  # look-ahead steps; the paper's ablation (2 best), expand_d
 # F.interpolate(size=(224, 224), mode="bicubic"): align_corners False, no antialias.
 AUTHORS_GUIDE_SIZE = 224
 
-# Per-image measurements of a transform-guidance step (docs/METHOD.md#transform-guidance), for reading
-# what the gradient adds: the share of z_t's elements whose transformed value left the eps ball (and
-# was clamped onto its surface), and how far, RMS over z_t's elements, the projected random draw moves
-# z_t and the gradient step then moves it further.
+# Per-image measurements of a guided step (docs/METHOD.md#transform-guidance), for reading what the
+# gradient adds: the share of z_t's elements whose transformed value left the eps ball (and was
+# clamped onto its surface), and how far, RMS over z_t's elements, the projected random draw moves
+# z_t and the gradient step then moves it further. Direct guidance has no draw and no ball: its
+# move_grad is the RMS of rho * grad, summed over its guided steps.
 STEP_KEYS = ("eps_saturated", "move_draw", "move_grad")
 
 # (z_t [B,C,h,w], t) -> (z_{t-1}, predicted x0 latent), one classifier-free-guided DDIM step.
@@ -195,14 +196,18 @@ def transform_step_stats(latents: torch.Tensor, step: TransformStep, *, eps: flo
 
 
 def direct_guidance(latents: torch.Tensor, t: torch.Tensor, *, denoise: Denoise, image_energy: ImageEnergy,
-                    rho: float = RHO) -> torch.Tensor:
-    """One DDIM step from z_t [B,C,h,w] with the energy gradient subtracted: z_{t-1} - rho * grad_{z_t} E."""
+                    rho: float = RHO) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step from z_t [B,C,h,w] with the energy gradient subtracted: z_{t-1} - rho * grad_{z_t} E.
+
+    Returns that z_{t-1} and, per image [B], the RMS over elements of the move rho * grad.
+    """
     with torch.enable_grad():
         z = latents.detach().requires_grad_(True)
         previous, x0 = denoise(z, t)
         value = image_energy(x0, normalize=True)[0]  # the authors' code normalises θ(x) here too
         (grad,) = torch.autograd.grad(value * latents.shape[0], [z])
-    return (previous.detach() - rho * grad).to(latents.dtype)
+    move = rho * grad.float()
+    return (previous.detach() - rho * grad).to(latents.dtype), move.pow(2).mean(dim=tuple(range(1, z.ndim))).sqrt()
 
 
 @dataclass
@@ -211,7 +216,7 @@ class GuidanceOutput:
 
     latents: torch.Tensor
     took_step: bool
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # STEP_KEYS, each [B]; empty for direct guidance
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # of STEP_KEYS, each [B] (direct: move_grad only)
 
 
 GUIDANCE_METHODS = ("transform", "direct")
@@ -255,6 +260,6 @@ class EnergyGuidance:
             logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
             return GuidanceOutput(step.latents, took_step=False,
                                   stats=transform_step_stats(latents, step, eps=self.eps))
-        previous = direct_guidance(latents, timesteps[index], denoise=denoise, image_energy=image_energy,
-                                   rho=self.rho)
-        return GuidanceOutput(previous, took_step=True)
+        previous, move = direct_guidance(latents, timesteps[index], denoise=denoise, image_energy=image_energy,
+                                         rho=self.rho)
+        return GuidanceOutput(previous, took_step=True, stats={"move_grad": move})

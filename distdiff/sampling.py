@@ -255,7 +255,7 @@ def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: tor
     `record_energy`, D_c/D_g are measured on the decoded x0 prediction at the guided step before
     guidance, at the first plain step after it, and on the final image (always on L2-normalised
     features, the prototypes' space); without guidance only the final values are recorded. A
-    transform-guided batch also records its step's STEP_KEYS.
+    guided batch also records its step's STEP_KEYS (direct guidance: move_grad, summed over steps).
     """
     batch = latent_params.shape[0]
     if len(seeds) != batch or labels.shape[0] != batch:
@@ -300,8 +300,9 @@ def generate_batch(sd: StableDiffusion, latent_params: torch.Tensor, labels: tor
                 out = guidance(latents, index, timesteps, denoise=denoise, image_energy=image_energy,
                                generators=generators)
                 latents, after_pending = out.latents, True
-                if record:
-                    energies.update({key: value.tolist() for key, value in out.stats.items()})
+                if record:  # direct guidance guides several steps: their moves add up
+                    for key, value in out.stats.items():
+                        energies[key] = [a + b for a, b in zip(energies.get(key, [0.0] * batch), value.tolist())]
                 if out.took_step:
                     continue
             latents, x0 = denoise(latents, t)

@@ -85,7 +85,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
                      f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
                      _f(d_c.get("final", {}).get("mean") if d_c.get("status") == "ok" else None),
                      _f(step.get("eps_saturated", {}).get("mean")),
-                     f"{draw:.3f} / {grad:.3f}" if draw is not None else ""]
+                     f"{_f(draw) or '–'} / {grad:.3f}" if grad is not None else ""]
         lines.append("| " + " | ".join([label, seeds] + acc + cells) + " |")
     return "\n".join(lines)
 

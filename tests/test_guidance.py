@@ -187,14 +187,17 @@ def test_rho_zero_step_moves_only_by_the_draw_and_default_eps_saturates(setup):
 
 def test_direct_guidance_with_rho_zero_is_a_plain_step(setup):
     t = setup["timesteps"][5]
-    guided = direct_guidance(setup["latents"], t, denoise=setup["denoise"], image_energy=setup["image_energy"],
-                             rho=0.0)
+    guided, still = direct_guidance(setup["latents"], t, denoise=setup["denoise"],
+                                    image_energy=setup["image_energy"], rho=0.0)
     with torch.no_grad():
         plain, _ = setup["denoise"](setup["latents"], t)
     assert torch.equal(guided, plain)
-    moved = direct_guidance(setup["latents"], t, denoise=setup["denoise"], image_energy=setup["image_energy"],
-                            rho=10.0)
+    moved, move = direct_guidance(setup["latents"], t, denoise=setup["denoise"],
+                                  image_energy=setup["image_energy"], rho=10.0)
     assert not torch.allclose(moved, plain)
+    assert still.tolist() == [0.0, 0.0]
+    # the recorded move is the RMS of what the gradient added to the plain step
+    assert move.tolist() == pytest.approx((moved - plain).pow(2).mean(dim=(1, 2, 3)).sqrt().tolist(), rel=1e-4)
 
 
 def test_direct_guidance_step_lowers_the_energy_of_x0(setup):
@@ -297,7 +300,7 @@ def test_raw_input_direct_guidance_is_the_authors_rho_over_b_per_batch(authors_s
     s = authors_setup
     t = s["timesteps"][5]
     theirs = _authors_direct(s["sd"], s["guide"], s["denoise"], s["latents"], t, s["labels"], rho=10.0)
-    ours = direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"], rho=5.0)
+    ours, _ = direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"], rho=5.0)
     assert (theirs - ours).abs().max().item() < 1e-5
-    assert (theirs - direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"],
-                                     rho=10.0)).abs().max().item() > 1e-4
+    full, _ = direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"], rho=10.0)
+    assert (theirs - full).abs().max().item() > 1e-4

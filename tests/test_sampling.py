@@ -177,8 +177,8 @@ def test_energies_are_recorded_before_and_after_guidance(tiny_sd, digits, prompt
     for method in ("transform", "direct"):
         guided = generate_batch(tiny_sd, params, labels, [1, 2], guide=guide,
                                 guidance=EnergyGuidance(method=method, guidance_step=3, period=2, rho=10.0), **common)
-        # the transform step's own measurements are recorded too (direct guidance has no draw or eps ball)
-        assert sorted(guided.energies) == sorted(RECORD_KEYS if method == "transform" else ENERGY_KEYS)
+        # the step's own measurements are recorded too (direct guidance has no draw or eps ball)
+        assert sorted(guided.energies) == sorted(RECORD_KEYS if method == "transform" else ENERGY_KEYS + ("move_grad",))
         assert all(len(v) == 2 and all(x > 0 for x in v) for v in guided.energies.values())
         assert guided.energies["D_c_before"] != guided.energies["D_c_after"]
         # before guidance the batch is still the unguided trajectory

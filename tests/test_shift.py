@@ -118,6 +118,8 @@ def _fake_comparison(root, dataset, *, drop=None):
                     "step": {"eps_saturated": {"mean": 0.87, "n": 500}, "move_draw": {"mean": 0.18, "n": 500},
                              "move_grad": {"mean": 0.004, "n": 500}}} for e in expansions}
     energies["sd_5x"] = {"D_c": {"status": "ok", "final": {"mean": 0.31}}, "step": {"status": "missing"}}
+    if drop != "distdiff_direct_5x":  # no draw and no eps ball: only the gradient's move
+        energies["distdiff_direct_5x"]["step"] = {"move_grad": {"mean": 0.9, "n": 500}}
     (out / "comparison_report" / "report.json").write_text(json.dumps({"energies": energies}))
 
 
@@ -131,6 +133,7 @@ def test_shift_table_rows_come_from_the_runs_and_reports(tmp_path):
     assert autoaugment.startswith("| AutoAugment | 1,2,3 | 93.00 ± 1.00 |")
     assert "| 0.0100 |" in sd and "| 0.310 |" in sd and sd.endswith("| 0.310 |  |  |")
     assert lines[-1].startswith("| random transform alone (rho 0) |")
+    assert lines[-2].startswith("| direct guidance |") and lines[-2].endswith("| – / 0.900 |")
     assert lines[-1].endswith("| 0.0600 | 1.00 ± 0.10 | 0.900 | 0.800 | 0.250 | 0.300 | 0.870 | 0.180 / 0.004 |")
 
 

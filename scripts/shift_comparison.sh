@@ -12,6 +12,7 @@
 #   bash scripts/shift_comparison.sh DATASET STRENGTH [extra expand.py flags]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/*.py import this checkout's distdiff, installed or not
 if [ "$#" -eq 0 ]; then
   # The appearance gap and the semantic gap, both at the paper's strength (chosen on val,
   # docs/shift_benchmark.md). One job per core, one CPU thread each, so neither waits on the other's

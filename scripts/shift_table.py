@@ -20,19 +20,15 @@ from distdiff.experiment import run_name
 from distdiff.results import format_value, summarize_experiment
 
 ARCH, LR, COPIES = "smallcnn", 0.1, 5  # what scripts/shift_comparison.sh runs
-# row label | experiment folder under checkpoint/DATASET | expansion name (None: no synthetic data)
-ROWS = (("original data", run_name(ARCH, False, LR, "default"), None),
-        ("AutoAugment", run_name(ARCH, False, LR, "autoaugment"), None),
-        ("SD img2img", f"sd_{COPIES}x/{run_name(ARCH, False, LR, 'default')}", f"sd_{COPIES}x"),
-        ("DistDiff class only", f"distdiff_class_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
-         f"distdiff_class_{COPIES}x"),
-        ("DistDiff group only", f"distdiff_group_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
-         f"distdiff_group_{COPIES}x"),
-        ("DistDiff class + group", f"distdiff_{COPIES}x/{run_name(ARCH, False, LR, 'default')}", f"distdiff_{COPIES}x"),
-        ("direct guidance", f"distdiff_direct_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
-         f"distdiff_direct_{COPIES}x"),
-        ("random transform alone (rho 0)", f"distdiff_rho0_{COPIES}x/{run_name(ARCH, False, LR, 'default')}",
-         f"distdiff_rho0_{COPIES}x"))
+RUN = run_name(ARCH, False, LR, "default")
+# row label | expansion name (None: original data), in scripts/shift_comparison.sh's order
+SETTINGS = (("SD img2img", f"sd_{COPIES}x"), ("DistDiff class only", f"distdiff_class_{COPIES}x"),
+            ("DistDiff group only", f"distdiff_group_{COPIES}x"), ("DistDiff class + group", f"distdiff_{COPIES}x"),
+            ("direct guidance", f"distdiff_direct_{COPIES}x"),
+            ("random transform alone (rho 0)", f"distdiff_rho0_{COPIES}x"))
+# row label | experiment folder under checkpoint/DATASET | expansion name
+ROWS = ((("original data", RUN, None), ("AutoAugment", run_name(ARCH, False, LR, "autoaugment"), None))
+        + tuple((label, f"{name}/{RUN}", name) for label, name in SETTINGS))
 HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test", "KID vs test (1e-3)",
           "fidelity: judge", "fidelity: guide", "copy→source", "D_c final", "eps saturated", "move: draw / gradient")
 

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DEFAULT_PROMPT = "a photo of a {}."  # the paper's class prompt (docs/METHOD.md#pipeline)
-SPLITS = ("train", "val", "test", "pool")  # pool: digits only, the tiny SD's training images
+SPLITS = ("train", "val", "test", "pool")  # pool: digits and fashion-mnist only, a generator's training images
 
 
 class DatasetError(ValueError):
@@ -102,35 +102,48 @@ DIGITS_SPLIT_SIZES = {"train": 10, "val": 10, "test": 60}
 DIGITS_SEED = 0
 
 
-@functools.lru_cache(maxsize=1)
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 digits as [N, 32, 32, 3] uint8 images and [N] labels."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = []
-    for image in bunch.images:
-        gray = Image.fromarray((image * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
-        gray = gray.resize((DIGITS_SIZE, DIGITS_SIZE), Image.BICUBIC)
-        images.append(np.asarray(gray.convert("RGB")))
-    return np.stack(images), bunch.target.astype(np.int64)
+def grey_to_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """A [H, W] uint8 grey image as a [size, size, 3] uint8 RGB image (bicubic resize)."""
+    gray = Image.fromarray(image, mode="L").resize((size, size), Image.BICUBIC)
+    return np.asarray(gray.convert("RGB"))
 
 
-def digits_split_indices(split: str, seed: int = DIGITS_SEED) -> np.ndarray:
-    """Indices into scikit-learn's digits array for one of the four disjoint splits."""
-    _, labels = _digits_arrays()
+def per_class_split_indices(labels: np.ndarray, sizes: dict[str, int], split: str, *, num_classes: int, seed: int,
+                            source: str) -> np.ndarray:
+    """Sorted indices of `split`: per class, one seeded shuffle cut into `sizes` blocks in order; 'pool' is the rest."""
     rng = np.random.default_rng(seed)
+    needed = sum(sizes.values())
     chosen = []
-    for label in range(10):
+    for label in range(num_classes):
         members = rng.permutation(np.flatnonzero(labels == label))
+        # Short classes would silently give short (or empty) splits; every split must keep its documented size.
+        if len(members) < needed:
+            raise DatasetError(f"{source}: class {label} has {len(members)} images; the per-class splits {sizes} "
+                               f"need at least {needed}. The data looks incomplete.")
         start = 0
-        for name, size in DIGITS_SPLIT_SIZES.items():
+        for name, size in sizes.items():
             if name == split:
                 chosen.append(members[start:start + size])
             start += size
         if split == "pool":
             chosen.append(members[start:])
     return np.sort(np.concatenate(chosen))
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits as [N, 32, 32, 3] uint8 images and [N] labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = [grey_to_rgb((image * (255.0 / 16.0)).round().astype(np.uint8), DIGITS_SIZE) for image in bunch.images]
+    return np.stack(images), bunch.target.astype(np.int64)
+
+
+def digits_split_indices(split: str, seed: int = DIGITS_SEED) -> np.ndarray:
+    """Indices into scikit-learn's digits array for one of the four disjoint splits."""
+    _, labels = _digits_arrays()
+    return per_class_split_indices(labels, DIGITS_SPLIT_SIZES, split, num_classes=10, seed=seed, source="digits")
 
 
 def load_digits_split(root: str | Path, split: str) -> LabeledImages:
@@ -197,7 +210,7 @@ def load_imagefolder(path: str | Path, split: str) -> LabeledImages:
     """A user's dataset laid out as PATH/{train,val,test}/<class>/<image>."""
     path = Path(path)
     if split == "pool":
-        raise DatasetError("imagefolder datasets have no 'pool' split (only digits has one).")
+        raise DatasetError("imagefolder datasets have no 'pool' split (only digits and fashion-mnist have one).")
     if split == "val" and not (path / "val").is_dir():
         raise DatasetError(f"{path} has no val/ folder; pass --val_fraction to hold out part of train instead.")
     _, classes = scan_class_folders(path / "train", layout=IMAGEFOLDER_LAYOUT, section="Your own dataset")

@@ -2,11 +2,17 @@
 
 Files get the mode a plain `open` would give them (0o666 less the umask), so a lab's group can
 read an expansion or a checkpoint as its umask intends; mkstemp alone would leave them 0600.
+
+A file name has at most NAME_MAX bytes: `name_fits` is that rule, and `fitting_name` gives an
+internal file (a cache entry, a claim, a temp file) a hash for a name where its natural one is
+too long, keeping every name that fits as it was.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import io
 import os
 import pickle
@@ -19,10 +25,16 @@ from typing import Any, Iterator
 
 import torch
 
-# errno values that mean the file system refused a write (permissions, a full or read-only disk):
-# the user's environment to fix, reported in one line rather than as a traceback.
+# errno values that mean the file system refused a write (permissions, a full or read-only disk, a name
+# too long): the user's environment to fix, reported in one line rather than as a traceback.
 ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG,
-                                errno.ENOTDIR, errno.EISDIR})
+                                errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+
+NAME_MAX = 255  # bytes per file name (one path component) on ext4, xfs, btrfs, tmpfs and most others
+HASHED_NAME_CHARS = 32  # hex digits of sha256 (128 bits) that stand in for a name too long to keep
+# What atomic_open's temp name adds to its target's name: a leading dot, a dot, mkstemp's 8 random
+# characters and ".tmp".
+TEMP_NAME_EXTRA = len("." + "." + "x" * 8 + ".tmp")
 
 
 # What torch.load raises for a truncated, garbage or foreign file.
@@ -71,14 +83,36 @@ def describe_os_error(err: OSError) -> str:
     fixes = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
              errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
              errno.EROFS: "choose a writable folder", errno.ENOTDIR: "a part of that path is a file, not a folder",
-             errno.EFBIG: "the file is larger than this system allows (ulimit -f)"}
+             errno.EFBIG: "the file is larger than this system allows (ulimit -f)",
+             errno.ENAMETOOLONG: f"the path or a name in it is longer than the file system allows ({NAME_MAX} "
+                                 f"bytes per name); use shorter names"}
     fix = fixes.get(err.errno, "check the disk and the path")
     return f"cannot write{target}: {err.strerror or err}; {fix}."
 
 
+def name_fits(name: str, extra: int = 0) -> bool:
+    """Whether file name `name`, plus `extra` bytes a caller adds to it, fits NAME_MAX as the file system encodes it."""
+    return len(os.fsencode(name)) + extra <= NAME_MAX
+
+
+def fitting_name(stem: str, suffix: str = "", *, extra: int = 0) -> str:
+    """`stem + suffix` where it fits (with `extra` bytes to spare), else a hash of `stem` + suffix; for internal files.
+
+    A name that fits is kept as it is, so folders made before long names were handled still resume.
+    """
+    if name_fits(stem + suffix, extra):
+        return stem + suffix
+    return hashlib.sha256(os.fsencode(stem)).hexdigest()[:HASHED_NAME_CHARS] + suffix
+
+
+def _temp_prefix(path: Path) -> str:
+    """Start of atomic_open's temp names for `path`: `.<name>.`, or `.<hash>.` where a temp name would not fit."""
+    return f".{fitting_name(path.name, extra=TEMP_NAME_EXTRA)}."
+
+
 def temp_pattern(path: Path) -> str:
     """Glob (in path's folder) of the temp files atomic_open makes for `path`; a killed writer leaves one."""
-    return f".{path.name}.*.tmp"
+    return f"{glob.escape(_temp_prefix(path))}*.tmp"
 
 
 @contextmanager
@@ -86,7 +120,7 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[Any]:
     """A handle on a temp file beside `path` that replaces `path` on success and is removed on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **kwargs) as handle:

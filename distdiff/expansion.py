@@ -1,7 +1,10 @@
 """Expansion runs: the work list, sharding, claims, resume and atomic outputs (docs/METHOD.md#pipeline, step 3).
 
 Layout of an output folder OUT:
-- OUT/<class>/<source stem>_expand_<i>.png   synthetic images, each written atomically
+- OUT/<class>/<source stem>_expand_<i>.png   synthetic images, each written atomically; a work list
+                                              with a name over the file system's limit is refused
+                                              before any image is made (train_expand.py matches
+                                              copies to sources by this name, so it is never hashed)
 - OUT/manifest.jsonl                          one JSON line per finished image (distdiff/manifest.py)
 - OUT/prototypes.pt                           the guide's prototypes and what they came from
 - OUT/expand_config.json                      the parameters every image in OUT was made with
@@ -12,16 +15,16 @@ first, so a crash between the two leaves an image that the next run regenerates 
 source stay in one shard and shards never write the same file.
 
 Two runs on one folder (or overlapping shard layouts) share the work instead of repeating it:
-a run claims a source image (an OS lock on OUT/.claims/<class>/<stem>.lock, which the kernel
-releases when the process dies, even by kill -9) before making its copies, and skips sources
-another run holds.
+a run claims a source image (an OS lock on OUT/.claims/<class>/<stem>.lock, the stem hashed where
+that name is too long, which the kernel releases when the process dies, even by kill -9) before
+making its copies, and skips sources another run holds.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages
-from distdiff.files import atomic_open, atomic_write_text, temp_pattern
+from distdiff.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, read_manifest, repair_manifest
@@ -65,9 +68,14 @@ class WorkItem:
     seed: int
 
     @property
+    def file_name(self) -> str:
+        """The synthetic image's file name, `<stem>_expand_<copy>.png`."""
+        return f"{self.stem}_expand_{self.copy}.png"
+
+    @property
     def image(self) -> str:
         """Path relative to the output folder."""
-        return f"{self.class_name}/{self.stem}_expand_{self.copy}.png"
+        return f"{self.class_name}/{self.file_name}"
 
 
 def select_sources(dataset: LabeledImages, max_source_images: int | None = None) -> list[int]:
@@ -102,7 +110,24 @@ def work_items(dataset: LabeledImages, sources: Sequence[int], *, num_copies: in
         for copy in range(num_copies):
             items.append(WorkItem(index, sample.label, name, sample.stem, copy,
                                   image_seed(seed, name, sample.stem, copy)))
+    check_image_names(dataset, items)
     return items
+
+
+def check_image_names(dataset: LabeledImages, items: Sequence[WorkItem]) -> None:
+    """Refuse, before any image is made, a work list with a synthetic image name over the file system's limit."""
+    too_long = [it for it in items if not name_fits(it.file_name)]
+    if not too_long:
+        return
+    first = too_long[0]
+    longest = max(too_long, key=lambda it: it.copy)  # the longest suffix sets the room left for the stem
+    room = NAME_MAX - len(os.fsencode(longest.file_name.removeprefix(longest.stem)))
+    others = len({it.source_index for it in too_long}) - 1
+    more = f" (and {others} more source image{'s' if others > 1 else ''})" if others else ""
+    raise ExpansionError(f"{source_name(dataset, first.source_index)}: its synthetic images would be named "
+                         f"<stem>_expand_<i>.png, {len(os.fsencode(first.file_name))} bytes, over the file "
+                         f"system's limit of {NAME_MAX} bytes per name; rename it to a stem of at most {room} "
+                         f"bytes{more}.")
 
 
 def source_name(dataset: LabeledImages, index: int) -> str:
@@ -200,17 +225,22 @@ def check_copies(out_dir: Path, num_copies: int) -> None:
 
 def claim_source(out_dir: Path, item: WorkItem) -> FileLock | None:
     """Hold the claim on `item`'s source image, or None when another running process holds it."""
-    path = out_dir / CLAIMS / item.class_name / f"{item.stem}.lock"
+    path = out_dir / CLAIMS / item.class_name / fitting_name(item.stem, ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), blocking=False)
     try:
         lock.acquire()
     except Timeout:
         return None
-    # Temp files of this source's images can only be a killed run's (we hold the claim): remove them.
-    for stale in (out_dir / item.class_name).glob(temp_pattern(Path(f"{glob.escape(item.stem)}_expand_*.png"))):
-        stale.unlink(missing_ok=True)
     return lock
+
+
+def remove_stale_temps(out_dir: Path, items: Sequence[WorkItem]) -> None:
+    """Delete the temp files a killed run left for `items`' images; only while holding their source's claim."""
+    for it in items:
+        path = out_dir / it.image
+        for stale in path.parent.glob(temp_pattern(path)):
+            stale.unlink(missing_ok=True)
 
 
 def _claimed_batches(out_dir: Path, todo: Sequence[WorkItem], batch_size: int):
@@ -238,6 +268,7 @@ def _claimed_batches(out_dir: Path, todo: Sequence[WorkItem], batch_size: int):
             if not its:
                 lock.release()
                 continue
+            remove_stale_temps(out_dir, its)  # we hold the claim, so a temp file of these is a killed run's
             held[source], remaining[source] = lock, len(its)
             buffer.extend(its)
             while len(buffer) >= batch_size:

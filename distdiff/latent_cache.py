@@ -2,10 +2,11 @@
 
 A cache folder is keyed by the model, resolution, crop, precision and a fingerprint of the VAE
 encoder's weights, so a re-saved model folder never serves stale latents. Each source image
-has one file, `<dataset>/<class>/<stem>.pt`, holding the posterior parameters (mean, logvar) in
-float32 and a fingerprint of the source (path, size, mtime or the pixel bytes); a changed
-source is re-encoded. Storing the distribution, not a sample, lets every synthetic image draw
-its own latent sample with its own generator.
+has one file, `<dataset>/<class>/<stem>.pt` (a hash of the stem where that name is too long for
+the file system), holding the posterior parameters (mean, logvar) in float32 and a fingerprint of
+the source (path, size, mtime or the pixel bytes); a changed source is re-encoded. Storing the
+distribution, not a sample, lets every synthetic image draw its own latent sample with its own
+generator.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages, dataset_slug
-from distdiff.files import UnreadableFileError, atomic_torch_save, load_torch_file
+from distdiff.files import UnreadableFileError, atomic_torch_save, fitting_name, load_torch_file
 from distdiff.sampling import StableDiffusion, encode_latent_dist, image_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -61,13 +62,14 @@ class LatentCache:
                "vae": vae_fingerprint(sd)}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_id).name or model_id)
-        self.dir = Path(root) / f"{name}-{resolution}px-{crop}-{digest}"
+        self.dir = Path(root) / fitting_name(name, f"-{resolution}px-{crop}-{digest}")
         self.sd, self.resolution, self.crop, self.key = sd, resolution, crop, key
 
     def path(self, dataset: LabeledImages, index: int) -> Path:
         """Cache file of one source image."""
         sample = dataset.samples[index]
-        return self.dir / dataset_slug(dataset.name or "dataset") / dataset.classes[sample.label] / f"{sample.stem}.pt"
+        return (self.dir / dataset_slug(dataset.name or "dataset") / dataset.classes[sample.label] /
+                fitting_name(sample.stem, ".pt"))
 
     def _load(self, dataset: LabeledImages, index: int) -> torch.Tensor | None:
         path = self.path(dataset, index)

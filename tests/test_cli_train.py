@@ -130,3 +130,25 @@ def test_seed_scripts_run_seeds_1_2_3_with_the_arguments_passed_on(tmp_path, scr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     target = str(path.parents[2] / script.replace(".sh", ".py"))
     assert calls == [" ".join([target, *positional, "--seed", str(seed), "--epochs", "3"]) for seed in (1, 2, 3)]
+
+
+def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights_offline(tmp_path, monkeypatch):
+    import socket
+
+    from distdiff.experiment import image_settings
+    from distdiff.packaged_weights import efficientnet_lite0_state_dict
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    argv = ["digits", "efficientnet_lite0", "1e-9", "True", "0", "--output_root", str(tmp_path)] + FAST
+    assert image_settings(train_original.parse_args(argv))[0] == 224  # the weights' resolution, not digits' 32
+    train_original.main(train_original.parse_args(argv + ["--image_size", "32"]))  # 32 px keeps the test fast
+    model, info = load_classifier(tmp_path / "digits" / "efficientnet_lite0_pretrained_lr1e-09" / "seed1")
+    assert info["mean"] == [0.5] * 3 and info["std"] == [0.5] * 3 and info["image_size"] == 32
+    imagenet = efficientnet_lite0_state_dict()
+    # At lr 1e-9 one epoch leaves the ImageNet backbone as loaded: random weights would differ everywhere.
+    torch.testing.assert_close(model.model.conv_stem.weight, imagenet["conv_stem.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.model.blocks[6][0].conv_pwl.weight, imagenet["blocks.6.0.conv_pwl.weight"],
+                               atol=1e-6, rtol=0)

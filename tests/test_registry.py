@@ -32,9 +32,9 @@ def toy(monkeypatch, tmp_path):
 def test_new_dataset_is_one_entry_read_by_loading_training_and_expansion(toy, tmp_path, monkeypatch):
     train = load_dataset("toy", "train", root=tmp_path)
     assert train.prompt(0) == "a drawing of a red fox." and train.samples[0].source == str(tmp_path / "train" / "a.png")
-    flags = argparse.Namespace(dataset="toy", image_size=None, flip=None)
+    flags = argparse.Namespace(dataset="toy", arch="smallcnn", pretrained=False, image_size=None, flip=None)
     assert image_settings(flags) == (48, False)
-    assert image_settings(argparse.Namespace(dataset="toy", image_size=64, flip=True)) == (64, True)
+    assert image_settings(argparse.Namespace(**vars(flags) | {"image_size": 64, "flip": True})) == (64, True)
     monkeypatch.chdir(tmp_path)
     args = expand.parse_args(["-d", "toy", "--guidance", "none"])
     expand_run.resolve_paths(args)

@@ -29,6 +29,7 @@ from distdiff.manifest import MANIFEST, ManifestError, summarize_manifest
 from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.registry import dataset_spec, load_dataset
 from distdiff.settings import RULES, SettingError, check_schedule, check_settings
+from distdiff.feature_spaces import add_feature_space_argument, chosen_spaces, requested_spaces
 from distdiff.report import build_report
 from distdiff.report_metrics import ReportError
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
@@ -107,6 +108,7 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_energy_log", action="store_true", help="skip measuring D_c/D_g for the manifest (faster)")
     p.add_argument("--no_report", action="store_true",
                    help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
+    add_feature_space_argument(p)
     add_threads_argument(p)
 
 
@@ -134,6 +136,8 @@ def validate(args: argparse.Namespace) -> None:
     if GUIDANCE[args.guidance] != "none" and not (use_dc and args.gs > 0 or use_dg and args.ls > 0):
         raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
                                        "--optimize_targets); give one a positive weight, or use --guidance none.")
+    if not args.no_report:  # a report space that cannot be measured is said before the expansion, not after it
+        chosen_spaces(requested_spaces(args.feature_space), None)
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -194,7 +198,7 @@ def write_run_report(args: argparse.Namespace, out: Path, guide_checkpoint: str 
     """OUT/report.html + report.json; a report that cannot be made is a warning, the images stay valid."""
     try:
         build_report([out], data_root=args.data_root, dataset=args.dataset, guide_checkpoint=guide_checkpoint,
-                     device=device)
+                     feature_spaces=requested_spaces(args.feature_space), device=device)
     except (ReportError, DatasetError, ClassifierError) as err:
         logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
 
@@ -211,6 +215,13 @@ def run(args: argparse.Namespace) -> dict:
     device = state.device
     guidance_method = GUIDANCE[args.guidance]
     train = load_dataset(args.dataset, "train", root=args.data_root)
+    selected = expansion.select_sources(train, args.max_source_images)
+    # Every job checks the whole work list's file names before any work, so each --split job refuses the same source.
+    expansion.check_image_names(train, expansion.work_items(train, selected, num_copies=args.num_images_per_prompt,
+                                                            seed=args.seed))
+    shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
+    sources = expansion.shard_sources(selected, shard=shard, num_shards=num_shards)
+    items = expansion.work_items(train, sources, num_copies=args.num_images_per_prompt, seed=args.seed)
     missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
     if missing:  # diffusers would only say "no file named config.json in <model>"
         lacks = ", ".join(f"{sub}/" for sub in missing)
@@ -245,10 +256,6 @@ def run(args: argparse.Namespace) -> dict:
     expansion.check_copies(out, args.num_images_per_prompt)
     guide = load_guide(args, train, state, device)
 
-    shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
-    sources = expansion.shard_sources(expansion.select_sources(train, args.max_source_images), shard=shard,
-                                      num_shards=num_shards)
-    items = expansion.work_items(train, sources, num_copies=args.num_images_per_prompt, seed=args.seed)
     cache = LatentCache(args.cache_dir, sd, model=args.model, resolution=resolution, crop=args.crop,
                         precision=params["dtype"])
     prompts = encode_prompts(sd, [train.prompt(c) for c in range(len(train.classes))])
@@ -267,4 +274,5 @@ def run(args: argparse.Namespace) -> dict:
 
 
 # User mistakes expand.py reports as one line instead of a traceback (refused writes: distdiff.cli).
-EXPAND_ERRORS = (expansion.ExpansionError, ManifestError, SettingError, DatasetError, ClassifierError, ImageError)
+EXPAND_ERRORS = (expansion.ExpansionError, ManifestError, SettingError, DatasetError, ClassifierError, ImageError,
+                 ReportError)

@@ -4,7 +4,9 @@
 DIR/report.html (its numbers from that JSON, its PNG figures embedded). Sections:
 distribution distance (FID/KID, overall and per class, against the real train images that were
 expanded and against held-out real images, with the yardstick real train vs real held-out),
-label fidelity, copying, energies from manifest.jsonl, contact sheets. A section whose inputs an
+label fidelity, copying, energies from manifest.jsonl, contact sheets. Distances are measured in the
+guide's features and in independent feature spaces (distdiff/feature_spaces.py) that the guidance
+never saw, each section titled with its space. A section whose inputs an
 old run lacks (no manifest fields, no guide) is marked missing with the reason.
 """
 
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torchvision.transforms import v2
 
 from distdiff import report_html
 from distdiff.augment import eval_transform
@@ -29,8 +30,9 @@ from distdiff.expansion import RUN_CONFIG
 from distdiff.manifest import MANIFEST, read_manifest
 from distdiff.files import atomic_write_text
 from distdiff.registry import load_dataset
+from distdiff.feature_spaces import FEATURE_SPACES, chosen_spaces, space_features
 from distdiff.report_metrics import (ReportError, copy_distances, energy_summary, fid_kid_by_class, guide_outputs,
-                                     inception_features, label_fidelity, load_inception)
+                                     label_fidelity)
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +43,8 @@ HELDOUT_SPLIT = "test"  # held-out real images: every dataset has a test split, 
 SHEET_SOURCES = 4  # sources per class on a contact sheet
 SHEET_SEED = 0
 BATCH_SIZE = 64
-INCEPTION_SIZE = 299  # InceptionV3's input size; images are resized to it so batches stack
-INCEPTION_INPUT = v2.Compose([v2.Resize((INCEPTION_SIZE, INCEPTION_SIZE)), v2.ToImage()])  # PIL -> uint8 [3,H,W]
+# How the report labels the guide's space: where the energy is minimised, so not an independent measurement.
+GUIDE_SPACE_TITLE = "the guide's own (the space the guidance minimises its energy in; not independent)"
 COPY_NAME = re.compile(r"(?P<stem>.+)_expand_(?P<copy>\d+)")
 # The expand_config.json fields shown for each run.
 CONFIG_FIELDS = ("guidance", "optimize_targets", "gs", "ls", "strength", "rho", "constraint_value", "K", "seed")
@@ -170,13 +172,17 @@ def _guide_sections(guide_path: str, judge_path: str | None, sets: dict, runs: l
             "copying": copying}
 
 
-def _inception_section(weights: str, sets: dict, runs: list[Run], classes: list[str], heldout: str, *,
-                       batch_size: int, device) -> dict:
-    model = load_inception(weights, device)
-    features = {name: inception_features(model, images.with_transform(INCEPTION_INPUT), batch_size=batch_size,
-                                         device=device) for name, images in sets.items()}
-    labels = {name: torch.tensor(images.labels) for name, images in sets.items()}
-    return _distribution(features, labels, runs, classes, heldout) | {"weights": str(weights)}
+def _space_section(name: str, weights: str | None, sets: dict, runs: list[Run], classes: list[str], heldout: str, *,
+                   batch_size: int, device) -> dict:
+    """FID/KID rows in the independent feature space `name` (distdiff/feature_spaces.py)."""
+    space = FEATURE_SPACES[name]
+    model = space.loader(weights, device)
+    features = {set_name: space_features(model, images.with_transform(space.transform), batch_size=batch_size,
+                                         device=device, desc=f"{name} features") for set_name, images in sets.items()}
+    labels = {set_name: torch.tensor(images.labels) for set_name, images in sets.items()}
+    return (_distribution(features, labels, runs, classes, heldout)
+            | {"title": space.title, "dim": space.dim, "input_size": space.input_size,
+               "weights": space.weights_file(weights)})
 
 
 def _check_outs(outs: Sequence[Path]) -> list[Path]:
@@ -191,12 +197,18 @@ def _check_outs(outs: Sequence[Path]) -> list[Path]:
 
 def build_report(outs: Sequence[str | Path], *, output_dir: str | Path | None = None, data_root: str | Path = "data",
                  dataset: str | None = None, guide_checkpoint: str | None = None, judge_checkpoint: str | None = None,
-                 inception_weights: str | None = None, heldout_split: str = HELDOUT_SPLIT,
+                 inception_weights: str | None = None, feature_spaces: Sequence[str] | None = None,
+                 heldout_split: str = HELDOUT_SPLIT,
                  sheet_sources: int = SHEET_SOURCES, seed: int = SHEET_SEED, batch_size: int = BATCH_SIZE,
                  device: str | torch.device = "cpu") -> dict:
-    """Measure the expansions `outs` and write report.json + report.html into output_dir (default: the one OUT)."""
+    """Measure the expansions `outs` and write report.json + report.html into output_dir (default: the one OUT).
+
+    `feature_spaces` names the independent spaces (distdiff/feature_spaces.py) measured besides the
+    guide's; None measures every one available here.
+    """
     begin = time.perf_counter()
     outs = _check_outs(outs)
+    spaces, unmeasured = chosen_spaces(feature_spaces, inception_weights)
     if output_dir is None:
         if len(outs) > 1:
             raise ReportError("a comparison of several expansions needs --output_dir for its report.")
@@ -219,17 +231,18 @@ def build_report(outs: Sequence[str | Path], *, output_dir: str | Path | None = 
     report["guide_checkpoint"] = guide
     if guide is None:
         reason = "no guide checkpoint (none in expand_config.json and no --guide_checkpoint)"
-        report |= {"distribution": {"guide": _section_missing(reason)}, "label_fidelity": _section_missing(reason),
-                   "copying": _section_missing(reason)}
+        report |= {"distribution": {"guide": _section_missing(reason) | {"title": GUIDE_SPACE_TITLE}},
+                   "label_fidelity": _section_missing(reason), "copying": _section_missing(reason)}
     else:
         sections = _guide_sections(guide, judge_checkpoint, sets, runs, classes, heldout_split,
                                    batch_size=batch_size, device=device)
-        report |= {"distribution": {"guide": sections["distribution"]}, "label_fidelity": sections["label_fidelity"],
-                   "copying": sections["copying"]}
-    report["distribution"]["inception"] = (
-        _inception_section(inception_weights, sets, runs, classes, heldout_split, batch_size=batch_size,
-                           device=device) if inception_weights
-        else _section_missing("no --inception_weights given (InceptionV3 weights are never downloaded)"))
+        report |= {"distribution": {"guide": sections["distribution"] | {"title": GUIDE_SPACE_TITLE}},
+                   "label_fidelity": sections["label_fidelity"], "copying": sections["copying"]}
+    for name in FEATURE_SPACES:
+        report["distribution"][name] = (
+            _space_section(name, inception_weights, sets, runs, classes, heldout_split, batch_size=batch_size,
+                           device=device) if name in spaces
+            else _section_missing(unmeasured[name]) | {"title": FEATURE_SPACES[name].title})
     report["energies"] = {run.name: (energy_summary(run.records) if run.records
                                      else _section_missing(f"no {MANIFEST} records for its images"))
                           for run in runs}

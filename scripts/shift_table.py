@@ -4,7 +4,8 @@
 
 One markdown row per setting: test accuracy over seeds (mean ± sample std: the best epoch, the
 paper's metric, and the epoch val picked), then for each expansion its distance to held-out
-test images in the guide's features (FID, KID), label fidelity (pool-trained judge, guide) and
+test images in the guide's features (FID, KID) and in ImageNet EfficientNet-Lite0's (the
+report's independent space), label fidelity (pool-trained judge, guide) and
 copy distance from results/DATASET/gap_test.json, and from
 results/DATASET/comparison_report/report.json the final D_c and the transform step's eps
 saturation and moves. A missing input
@@ -29,7 +30,9 @@ SETTINGS = (("SD img2img", f"sd_{COPIES}x"), ("DistDiff class only", f"distdiff_
 # row label | experiment folder under checkpoint/DATASET | expansion name
 ROWS = ((("original data", RUN, None), ("AutoAugment", run_name(ARCH, False, LR, "autoaugment"), None))
         + tuple((label, f"{name}/{RUN}", name) for label, name in SETTINGS))
-HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test", "KID vs test (1e-3)",
+INDEPENDENT = "efficientnet_lite0"  # the report's feature space the guide never saw (distdiff/feature_spaces.py)
+HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test, guide",
+          "KID vs test (1e-3), guide", "FID vs test, EfficientNet-Lite0", "KID vs test (1e-3), EfficientNet-Lite0",
           "fidelity: judge", "fidelity: guide", "copy→source", "D_c final", "eps saturated", "move: draw / gradient")
 
 
@@ -52,6 +55,15 @@ def _f(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _independent(report: dict, name: str) -> list[str]:
+    """FID and KID (1e-3) of set `name` against test in the independent space; blanks for a report without it."""
+    section = report.get("distribution", {}).get(INDEPENDENT, {})
+    rows = [r["overall"] for r in section.get("rows", []) if r["set"] == name and r["reference"] == "test"]
+    if section.get("status") != "ok" or not rows:
+        return ["", ""]
+    return [f"{rows[0]['fid']:.2f}", f"{rows[0]['kid_mean'] * 1e3:.2f} ± {rows[0]['kid_std'] * 1e3:.2f}"]
+
+
 def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
     """The markdown table; raises ValueError naming what is missing."""
     gap = _load_json(results_root / dataset / "gap_test.json", dataset)
@@ -60,14 +72,15 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
     yard = next(r for r in gap["rows"] if r["name"].startswith("yardstick"))
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines.append(f"| yardstick: real train (100) vs test | – | – | – | {yard['fid']:.4f} | "
-                 f"{yard['kid_mean'] * 1e3:.2f} ± {yard['kid_std'] * 1e3:.2f} | {yard['fidelity_judge']:.3f} | "
+                 f"{yard['kid_mean'] * 1e3:.2f} ± {yard['kid_std'] * 1e3:.2f} | "
+                 f"{' | '.join(_independent(report, 'real train (yardstick)'))} | {yard['fidelity_judge']:.3f} | "
                  f"{yard['fidelity_guide']:.3f} | – | – | – | – |")
     for label, folder, expansion in ROWS:
         summary = summarize_experiment(checkpoint_root / dataset / folder)
         acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
                for m in ("best_accuracy", "val_selected_accuracy")]
         seeds = ",".join(map(str, summary["seeds"]))
-        cells = ["–"] * 8
+        cells = ["–"] * 10
         if expansion is not None:
             if expansion not in gap_rows:
                 raise ValueError(f"{expansion} is not in {results_root / dataset / 'gap_test.json'}; rerun "
@@ -78,7 +91,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
             step = energies.get("step", {})
             draw, grad = (step.get(k, {}).get("mean") for k in ("move_draw", "move_grad"))
             cells = [f"{g['fid']:.4f}", f"{g['kid_mean'] * 1e3:.2f} ± {g['kid_std'] * 1e3:.2f}",
-                     f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
+                     *_independent(report, expansion), f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
                      _f(d_c.get("final", {}).get("mean") if d_c.get("status") == "ok" else None),
                      _f(step.get("eps_saturated", {}).get("mean")),
                      f"{_f(draw) or '–'} / {grad:.3f}" if grad is not None else ""]
@@ -91,7 +104,8 @@ def main(args):
         text = table(args.dataset, Path(args.checkpoint_root), Path(args.results_root))
     print(text)
     print("\n± is the sample standard deviation over seeds (ddof=1); distances in the guide's unit-norm features "
-          "(read them against the yardstick row).")
+          "and in ImageNet EfficientNet-Lite0's pooled features, a space the guide never saw (read both against the "
+          "yardstick row).")
     return text
 
 

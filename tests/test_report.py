@@ -20,7 +20,7 @@ from distdiff import feature_spaces
 from distdiff.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCEPTION_URL, chosen_spaces, load_inception,
                                      space_features)
 from distdiff.packaged_weights import MISSING_PACKAGE
-from distdiff.report import REPORT_HTML, REPORT_JSON, build_report, run_names
+from distdiff.report import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
 from distdiff.report_html import fmt, seeded_sources
 from distdiff.report_metrics import ReportError, fid_kid, label_fidelity
 from distdiff.sampling import ENERGY_KEYS
@@ -369,6 +369,10 @@ def test_report_measures_in_the_independent_space_by_default(tmp_path, monkeypat
     assert "Distribution distance: efficientnet_lite0 features" in text
     assert "ImageNet EfficientNet-Lite0 (independent of the guide)" in text and "not independent" in text
     assert "1280-d pooled features of images resized to 224 px" in text
+    lines = distance_table(report, reference="test").splitlines()
+    assert lines[0] == "| set | FID, guide | KID (1e-3), guide | FID, efficientnet_lite0 | KID (1e-3), efficientnet_lite0 |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| real train (yardstick)", "| run"]
+    assert f"| {inverted['overall']['fid']:.4g} |" in lines[3]
 
 
 def test_independent_spaces_are_chosen_by_what_is_installed_and_asked_for(monkeypatch, tmp_path):

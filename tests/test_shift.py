@@ -120,7 +120,14 @@ def _fake_comparison(root, dataset, *, drop=None):
     energies["sd_5x"] = {"D_c": {"status": "ok", "final": {"mean": 0.31}}, "step": {"status": "missing"}}
     if drop != "distdiff_direct_5x":  # no draw and no eps ball: only the gradient's move
         energies["distdiff_direct_5x"]["step"] = {"move_grad": {"mean": 0.9, "n": 500}}
-    (out / "comparison_report" / "report.json").write_text(json.dumps({"energies": energies}))
+    independent = [{"set": "real train (yardstick)", "reference": "test",
+                    "overall": {"fid": 5.0, "kid_mean": 1e-4, "kid_std": 1e-3}}]
+    independent += [{"set": e, "reference": reference, "overall": {"fid": 10.0 + i + (reference == "train"),
+                                                                   "kid_mean": 2e-3, "kid_std": 1e-4}}
+                    for i, e in enumerate(expansions) for reference in ("train", "test")]
+    distribution = {"efficientnet_lite0": {"status": "ok", "rows": independent}}
+    (out / "comparison_report" / "report.json").write_text(json.dumps({"energies": energies,
+                                                                       "distribution": distribution}))
 
 
 def test_shift_table_rows_come_from_the_runs_and_reports(tmp_path):
@@ -130,11 +137,14 @@ def test_shift_table_rows_come_from_the_runs_and_reports(tmp_path):
     assert len(lines) == 2 + 1 + len(shift_table.ROWS)
     original, autoaugment, sd = lines[3], lines[4], lines[5]
     assert original.startswith("| original data | 1,2,3 | 92.00 ± 1.00 | 80.00 ± 0.00 | – |")
+    assert "| 5.00 | 0.10 ± 1.00 |" in lines[2]  # the yardstick in the independent space
+    assert "| 0.0100 | 1.00 ± 0.10 | 10.00 | 2.00 ± 0.10 |" in sd  # guide space, then the independent space vs test
     assert autoaugment.startswith("| AutoAugment | 1,2,3 | 93.00 ± 1.00 |")
     assert "| 0.0100 |" in sd and "| 0.310 |" in sd and sd.endswith("| 0.310 |  |  |")
     assert lines[-1].startswith("| random transform alone (rho 0) |")
     assert lines[-2].startswith("| direct guidance |") and lines[-2].endswith("| – / 0.900 |")
-    assert lines[-1].endswith("| 0.0600 | 1.00 ± 0.10 | 0.900 | 0.800 | 0.250 | 0.300 | 0.870 | 0.180 / 0.004 |")
+    assert lines[-1].endswith("| 0.0600 | 1.00 ± 0.10 | 15.00 | 2.00 ± 0.10 | 0.900 | 0.800 | 0.250 | 0.300 | 0.870 | "
+                              "0.180 / 0.004 |")
 
 
 def test_shift_table_names_the_missing_input(tmp_path):

@@ -30,7 +30,7 @@ from distdiff.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototype
 from distdiff.registry import dataset_spec, load_dataset
 from distdiff.settings import RULES, SettingError, check_schedule, check_settings
 from distdiff.feature_spaces import add_feature_space_argument, chosen_spaces, requested_spaces
-from distdiff.report import build_report
+from distdiff.report import REPORT_JSON, build_report
 from distdiff.report_metrics import ReportError
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
                                START_INDEX_FORMULAS, STEPS, STRENGTH, encode_prompts, img2img_start_index,
@@ -216,12 +216,12 @@ def run(args: argparse.Namespace) -> dict:
     guidance_method = GUIDANCE[args.guidance]
     train = load_dataset(args.dataset, "train", root=args.data_root)
     selected = expansion.select_sources(train, args.max_source_images)
-    # Every job checks the whole work list's file names before any work, so each --split job refuses the same source.
-    expansion.check_image_names(train, expansion.work_items(train, selected, num_copies=args.num_images_per_prompt,
-                                                            seed=args.seed))
+    # Every job builds (and checks the file names of) the whole work list before any work: each --split job then
+    # refuses the same source, and the one that finds the whole list finished writes the report.
+    work_list = expansion.work_items(train, selected, num_copies=args.num_images_per_prompt, seed=args.seed)
     shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
-    sources = expansion.shard_sources(selected, shard=shard, num_shards=num_shards)
-    items = expansion.work_items(train, sources, num_copies=args.num_images_per_prompt, seed=args.seed)
+    ours = set(expansion.shard_sources(selected, shard=shard, num_shards=num_shards))
+    items = [it for it in work_list if it.source_index in ours]
     missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
     if missing:  # diffusers would only say "no file named config.json in <model>"
         lacks = ", ".join(f"{sub}/" for sub in missing)
@@ -264,10 +264,10 @@ def run(args: argparse.Namespace) -> dict:
         sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, strength=args.strength,
         steps=args.steps, guidance_scale=args.guidance_scale, guidance=guidance, guide=guide,
         batch_size=args.batch_size, record_energy=not args.no_energy_log, progress=state.is_local_main_process,
-        start_index=args.start_index)
+        start_index=args.start_index, shard=shard, num_shards=num_shards)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
-    if not args.no_report and state.is_main_process:
+    if not args.no_report and expansion.report_due(out, work_list, report=out / REPORT_JSON):
         write_run_report(args, out, params["guide_checkpoint"], device)
     return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
             "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}

@@ -5,23 +5,33 @@ Layout of an output folder OUT:
                                               with a name over the file system's limit is refused
                                               before any image is made (train_expand.py matches
                                               copies to sources by this name, so it is never hashed)
-- OUT/manifest.jsonl                          one JSON line per finished image (distdiff/manifest.py)
+- OUT/manifest.jsonl, OUT/manifest.<s>-of-<n>.jsonl
+                                              one JSON line per finished image, one file per shard,
+                                              read as one manifest (distdiff/manifest.py)
 - OUT/prototypes.pt                           the guide's prototypes and what they came from
 - OUT/expand_config.json                      the parameters every image in OUT was made with
 
 An image is finished when its PNG exists and the manifest has its line; the PNG is written
 first, so a crash between the two leaves an image that the next run regenerates identically
-(its seed does not depend on the run). Shards split the *source images*, so all copies of a
-source stay in one shard and shards never write the same file.
+(its seed does not depend on the run). Shards split the *source images* of a deterministic work
+list, so all copies of a source stay in one shard, and shards never write the same file: not the
+same image, not the same manifest file. That, and nothing else, is what keeps the ranks of a
+multi-node run apart; no correctness depends on a lock a shared filesystem may not honour.
 
-Two runs on one folder (or overlapping shard layouts) share the work instead of repeating it:
-a run claims a source image (an OS lock on OUT/.claims/<class>/<stem>.lock, the stem hashed where
-that name is too long, which the kernel releases when the process dies, even by kill -9) before
-making its copies, and skips sources another run holds.
+Claims are an optimisation for *several runs on one folder* (two runs of one command, or
+overlapping shard layouts): a run claims a source image (an OS lock on
+OUT/.claims/<class>/<stem>.lock, the stem hashed where that name is too long, which the kernel
+releases when the process dies, even by kill -9) before making its copies, and skips sources
+another run holds. Where a filesystem drops the lock, both runs make the image, to the same bytes
+(atomic renames), and the manifest reads it as one record: work is repeated, nothing is wrong.
+
+The report is written once per work list, by the first process that finds the whole list finished
+(`report_due`), so --split jobs and accelerate ranks write no partial reports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 from PIL import Image
 from tqdm import tqdm
@@ -39,7 +50,7 @@ from distdiff.data import LabeledImages
 from distdiff.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
-from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, read_manifest, repair_manifest
+from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, manifest_part, read_manifest, repair_manifest
 from distdiff.prototypes import PrototypeFileError, Prototypes
 from distdiff.sampling import (RECORD_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
                                image_seed)
@@ -50,6 +61,7 @@ PROTOTYPES = "prototypes.pt"
 RUN_CONFIG = "expand_config.json"
 LOCK = ".expand.lock"
 CLAIMS = ".claims"  # per-source claim locks of the runs working in OUT
+REPORT_TURN = ".report-{digest}.taken"  # created (O_EXCL) by the one process that writes a finished work list's report
 
 
 class ExpansionError(ValueError):
@@ -197,20 +209,41 @@ def load_or_compute_prototypes(out_dir: Path, metadata: dict, compute: Callable[
 
 
 def shared_prototypes(state, out_dir: Path, metadata: dict, compute: Callable[[dict], Prototypes]) -> Prototypes:
-    """Prototypes for every process of an accelerate launch: the main process computes, the others load."""
-    prototypes = None
-    if state.is_main_process:
-        prototypes = load_or_compute_prototypes(out_dir, metadata, compute)
-    state.wait_for_everyone()
-    if prototypes is None:
-        prototypes = load_or_compute_prototypes(out_dir, metadata, compute)
-    return prototypes
+    """Prototypes for every process of an accelerate launch: the main process loads or computes, and sends them.
+
+    Sent over the process group, not read back from OUT, so nodes need neither the file lock nor
+    to see the main node's file at once on a shared filesystem.
+    """
+    box = [load_or_compute_prototypes(out_dir, metadata, compute) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def pending(out_dir: Path, items: Sequence[WorkItem]) -> list[WorkItem]:
     """Items not yet finished (no PNG, or no manifest line)."""
     done = read_manifest(out_dir / MANIFEST)
     return [it for it in items if not (it.image in done and (out_dir / it.image).is_file())]
+
+
+def report_due(out_dir: Path, items: Sequence[WorkItem], *, report: Path) -> bool:
+    """Whether this process writes the report of the work list `items`: it is all finished, and no one took it yet.
+
+    The turn is a marker created with O_EXCL (atomic on local disks, NFSv3+ and Lustre), so of the
+    ranks and --split jobs that finish together exactly one writes it. A later run writes it again
+    only when `report` is missing (--no_report before, or the writer died).
+    """
+    missing = len(pending(out_dir, items))
+    if missing:
+        logger.info("no report yet: %d of the work list's %d images are not finished (other shards); the process "
+                    "that finishes the last of them writes it", missing, len(items))
+        return False
+    digest = hashlib.sha256("\n".join(sorted(it.image for it in items)).encode()).hexdigest()[:16]
+    try:
+        os.close(os.open(out_dir / REPORT_TURN.format(digest=digest), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return not report.is_file()
+    return True
 
 
 def check_copies(out_dir: Path, num_copies: int) -> None:
@@ -298,10 +331,14 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, strength: float, steps: int,
                   guidance_scale: float, guidance: EnergyGuidance | None, guide: GuideEnergy | None,
                   batch_size: int, record_energy: bool = True, progress: bool = True,
-                  start_index: str = START_INDEX) -> int:
-    """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written."""
+                  start_index: str = START_INDEX, shard: int = 0, num_shards: int = 1) -> int:
+    """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
+
+    `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
+    """
     out_dir = Path(out_dir)
-    repair_manifest(out_dir / MANIFEST)
+    part = manifest_part(out_dir, shard, num_shards)
+    repair_manifest(part)
     todo = pending(out_dir, items)
     logger.info("%d of %d images to make (%d already done)", len(todo), len(items), len(items) - len(todo))
     cache.ensure(dataset, sorted({it.source_index for it in todo}), batch_size=batch_size, progress=progress)
@@ -323,7 +360,7 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
                 record.update({key: (result.energies[key][k] if key in result.energies else None)
                                for key in RECORD_KEYS})
                 records.append(record)
-            append_manifest(out_dir / MANIFEST, records)
+            append_manifest(part, records)
             written += len(batch)
             bar.update(len(batch))
     return written

@@ -1,8 +1,16 @@
-"""The manifest of an expansion, OUT/manifest.jsonl: one JSON line per finished image.
+"""The manifest of an expansion: one JSON line per finished image, in one file per shard, read as one.
 
-Several runs and shards append to one manifest, so every append holds a lock and is flushed to
-disk. A line cut by a crash or a full disk is removed before the next append or run (its image
-is then made again, identically: its seed does not depend on the run).
+A lone shard (one plain process) appends to OUT/manifest.jsonl; shard s of n > 1 (a --split job's
+accelerate process, see expansion.global_shard) appends to OUT/manifest.<s>-of-<n>.jsonl. Shards
+never share a source image, so no two nodes append to one file and the records need no
+cross-node lock, which a shared filesystem (NFS, Lustre) may not honour. Readers take
+manifest.jsonl and every part beside it as one manifest, so a folder made before the parts
+existed, or by several shard layouts in turn, reads the same way.
+
+Every append is flushed to disk and holds a local lock, which only matters when two runs of the
+same shard share one machine. A line cut by a crash or a full disk is removed before that
+shard's next append or run (its image is then made again, identically: its seed does not depend
+on the run).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from distdiff.sampling import RECORD_KEYS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
+PART_GLOB = "manifest.*-of-*.jsonl"  # the per-shard parts beside MANIFEST
 # Every manifest line has exactly these keys; D_* and the guided step's measurements are null when
 # nothing measured them (older manifests may lack the step's keys altogether).
 MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + RECORD_KEYS
@@ -43,10 +52,31 @@ def _parse_line(line: str) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("image"), str) else None
 
 
+def manifest_part(out_dir: Path, shard: int, num_shards: int) -> Path:
+    """The file shard `shard` of `num_shards` appends to: MANIFEST for a lone shard, else its own part."""
+    return Path(out_dir) / (MANIFEST if num_shards == 1 else f"manifest.{shard}-of-{num_shards}.jsonl")
+
+
+def manifest_files(path: Path) -> list[Path]:
+    """MANIFEST (if present) and every shard's part beside it: the files read as one manifest."""
+    path = Path(path)
+    parts = sorted(path.parent.glob(PART_GLOB)) if path.parent.is_dir() else []
+    return ([path] if path.is_file() else []) + parts
+
+
 def read_manifest(path: Path) -> dict[str, dict]:
-    """Manifest records by image path; a truncated last line (a crash mid-write) is ignored with a warning."""
-    if not path.is_file():
-        return {}
+    """Records by image path of OUT/manifest.jsonl and its shards' parts, read as one manifest.
+
+    A truncated last line of a file (a crash mid-write) is ignored with a warning; an image listed
+    twice (two runs of one shard, or two shard layouts) is one record.
+    """
+    records = {}
+    for part in manifest_files(path):
+        records.update(_read_file(part))
+    return records
+
+
+def _read_file(path: Path) -> dict[str, dict]:
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     records = {}
     for number, line in enumerate(lines, 1):
@@ -80,7 +110,10 @@ def _cut_torn_tail(handle) -> int:
 
 
 def repair_manifest(path: Path) -> int:
-    """Remove what crashes leave in a manifest (a torn last line, lines that are not records); returns lines dropped."""
+    """Remove what crashes left in one manifest file (a torn last line, lines that are not records); lines dropped.
+
+    Called on a shard's own file only: another shard's last line may be one its live writer is appending.
+    """
     if not path.is_file():
         return 0
     with _manifest_lock(path):
@@ -98,31 +131,37 @@ def repair_manifest(path: Path) -> int:
 
 
 class ManifestReader:
-    """The set of images a manifest lists, re-read incrementally (other runs append to it)."""
+    """The set of images a manifest and its parts list, re-read incrementally (other runs append to them)."""
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.images = path, 0, set()
+        self.path = Path(path)
+        self.offsets: dict[Path, int] = {}
+        self.found: dict[Path, set[str]] = {}
 
     def refresh(self) -> set[str]:
-        """Images listed so far (complete lines only)."""
-        if not self.path.is_file():
-            return self.images
-        with open(self.path, "rb") as handle:
-            if handle.seek(0, os.SEEK_END) < self.offset:  # rewritten by a repair: start over
-                self.offset, self.images = 0, set()
-            handle.seek(self.offset)
+        """Images listed so far (complete lines only), over every file of the manifest."""
+        for part in manifest_files(self.path):
+            self._refresh_file(part)
+        return set().union(*self.found.values())
+
+    def _refresh_file(self, path: Path) -> None:
+        offset, images = self.offsets.get(path, 0), self.found.setdefault(path, set())
+        with open(path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) < offset:  # rewritten by a repair: start over
+                offset = 0
+                images.clear()
+            handle.seek(offset)
             chunk = handle.read()
         complete = chunk[:chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
+        self.offsets[path] = offset + len(complete)
         for line in complete.decode("utf-8", errors="replace").splitlines():
             record = _parse_line(line)
             if record is not None:
-                self.images.add(record["image"])
-        return self.images
+                images.add(record["image"])
 
 
 def append_manifest(path: Path, records: Sequence[dict]) -> None:
-    """Append JSON lines under a lock (several shards share one manifest), flushed to disk."""
+    """Append JSON lines to one shard's file, flushed to disk, under a local lock (two runs of one shard)."""
     if not records:
         return
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
@@ -140,7 +179,7 @@ def append_manifest(path: Path, records: Sequence[dict]) -> None:
 
 
 def summarize_manifest(path: Path) -> dict[str, float]:
-    """Mean of each recorded value (D_*, the guided step's) over the images that have it, and the number of images."""
+    """Mean of each recorded value (D_*, the guided step's) over the manifest's images that have it, and their number."""
     records = list(read_manifest(path).values())
     summary = {"images": float(len(records))}
     for key in RECORD_KEYS:

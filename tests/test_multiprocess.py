@@ -1,0 +1,155 @@
+"""Expansion and training on many processes: shards, per-shard manifests, the report written once, accelerate.
+
+The in-process tests simulate ranks as --split shards (64 of them, with killed ranks rerun). The
+subprocess tests launch accelerate on the CPU (gloo): `accelerate launch --multi_gpu` is what
+starts several processes there; `--cpu --num_processes N` starts one (accelerate 1.x sends CPU
+multi-process runs to mpirun only with --mpirun_hostfile).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import expand
+from distdiff import expansion
+from distdiff.data import LabeledImages, Sample
+from distdiff.manifest import MANIFEST, manifest_files, read_manifest
+from distdiff.sampling import BatchResult
+
+# ---------------------------------------------------------------------------------------------
+# A folder made by one process (one manifest.jsonl) resumes under shards, which write their own parts
+
+
+@pytest.fixture
+def expand_argv(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
+    def argv(out, *extra):
+        return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+                "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "3",
+                "--num_images_per_prompt", "2", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
+                "--batch_size", "1", "--num_threads", "1", "--no_report", *extra]
+    return argv
+
+
+def pngs(out: Path) -> dict[str, bytes]:
+    """Every synthetic image of a folder, by relative path."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def test_a_one_manifest_folder_resumes_under_split_jobs_into_per_shard_parts(tmp_path, expand_argv):
+    reference = tmp_path / "reference"
+    expand.main(expand.parse_args(expand_argv(reference)))
+    old = tmp_path / "old"
+    expand.main(expand.parse_args(expand_argv(old)))
+    assert manifest_files(old / MANIFEST) == [old / MANIFEST]  # one process: today's single manifest.jsonl
+    lines = (old / MANIFEST).read_text().splitlines(keepends=True)
+    (old / MANIFEST).write_text("".join(lines[:2]))  # as a run killed after its first source left it
+    for line in lines[2:]:
+        (old / json.loads(line)["image"]).unlink()
+
+    written = [expand.main(expand.parse_args(expand_argv(old, "--split", str(s), "--total_split", "2")))["written"]
+               for s in (0, 1)]
+    assert sum(written) == 4
+    parts = [p.name for p in manifest_files(old / MANIFEST)]
+    assert parts[0] == MANIFEST and set(parts[1:]) <= {"manifest.0-of-2.jsonl", "manifest.1-of-2.jsonl"}
+    assert (old / MANIFEST).read_text() == "".join(lines[:2])  # the old file is read, never rewritten
+    merged = read_manifest(old / MANIFEST)
+    assert merged == read_manifest(reference / MANIFEST)  # the same records, energies included
+    assert pngs(old) == pngs(reference)  # batch size 1: the same bytes
+    again = expand.main(expand.parse_args(expand_argv(old, "--split", "1", "--total_split", "2")))
+    assert again["written"] == 0 and again["summary"]["images"] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# 64 ranks over 640 images: each image made once; 3 ranks killed midway and rerun fill the gap
+
+
+class Killed(Exception):
+    """A rank dying between its PNGs and their manifest lines (as kill -9 would)."""
+
+
+class NoCache:
+    """The latent cache's interface without a VAE: the stub generator ignores the latents."""
+
+    def ensure(self, dataset, indices, *, batch_size, progress=True):
+        """Nothing to encode."""
+
+    def get(self, dataset, indices):
+        """Zero posteriors, one per source."""
+        return torch.zeros(len(indices), 8, 2, 2)
+
+
+def seeded_images(sd, latents, labels, seeds, **kwargs):
+    """A stand-in for generate_batch: an 8x8 image drawn from each image's own seed, so bytes identify the image."""
+    return BatchResult(torch.stack([torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds]))
+
+
+def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_path, monkeypatch):
+    classes = [f"c{i}" for i in range(10)]
+    dataset = LabeledImages([Sample(np.zeros((8, 8, 3), np.uint8), i % 10, f"src{i:03d}") for i in range(160)],
+                            classes, name="many")
+    sources = expansion.select_sources(dataset)
+    work_list = expansion.work_items(dataset, sources, num_copies=4, seed=7)
+    assert len(work_list) == 640
+    out, report = tmp_path / "out", tmp_path / "out" / "report.json"
+    monkeypatch.setattr(expansion, "generate_batch", seeded_images)
+    real_append, appends = expansion.append_manifest, []
+
+    def append_or_die(path, records):
+        appends.append(path)
+        if doomed and sum(p == path for p in appends) == 2:  # the rank's second batch: PNGs written, no lines
+            raise Killed(path)
+        real_append(path, records)
+
+    monkeypatch.setattr(expansion, "append_manifest", append_or_die)
+
+    def run_rank(rank):
+        shard, num_shards = expansion.global_shard(rank, 64)
+        mine = set(expansion.shard_sources(sources, shard=shard, num_shards=num_shards))
+        items = [it for it in work_list if it.source_index in mine]
+        written = expansion.run_expansion(
+            None, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={}, strength=0.5, steps=4,
+            guidance_scale=1.0, guidance=None, guide=None, batch_size=4, record_energy=False, progress=False,
+            shard=shard, num_shards=num_shards)
+        turn = expansion.report_due(out, work_list, report=report)
+        if turn:
+            report.write_text("{}")  # what write_run_report would leave
+        return written, turn
+
+    killed, turns, written = {5, 17, 42}, [], 0
+    for rank in range(64):
+        doomed = rank in killed
+        try:
+            done, turn = run_rank(rank)
+        except Killed:
+            continue
+        written += done
+        turns.append((rank, turn))
+    missing = expansion.pending(out, work_list)
+    assert {sources.index(it.source_index) % 64 for it in missing} == killed  # the gap is the killed ranks' work
+    assert not report.exists() and not any(turn for _, turn in turns)
+
+    doomed = False
+    for rank in sorted(killed):  # rerun only the killed ranks
+        done, turn = run_rank(rank)
+        written += done
+        turns.append((rank, turn))
+    assert [rank for rank, turn in turns if turn] == [42]  # the one that finished the work list, once
+    assert expansion.pending(out, work_list) == []
+    lines = [json.loads(line) for part in manifest_files(out / MANIFEST) for line in part.read_text().splitlines()]
+    assert len(lines) == len({r["image"] for r in lines}) == 640  # no duplicate, no gap
+    assert written == 640 - 4 * len(killed)  # the killed ranks' first batches were kept, their second made again
+    made = pngs(out)
+    assert set(made) == {it.image for it in work_list}
+    assert len(manifest_files(out / MANIFEST)) == 64  # one part per rank, none shared
+    for part in manifest_files(out / MANIFEST):
+        shard = int(part.name.split(".")[1].split("-")[0])
+        assert {json.loads(line)["source"].split(":")[1] for line in part.read_text().splitlines()} <= \
+            {dataset.samples[i].stem for i in sources[shard::64]}
+    assert not expansion.report_due(out, work_list, report=report)  # finished and reported: no second report
+    report.unlink()
+    assert expansion.report_due(out, work_list, report=report)  # a lost report is written by the next run

@@ -196,6 +196,7 @@ def load_guide(args, train, state, device):
 
 def write_run_report(args: argparse.Namespace, out: Path, guide_checkpoint: str | None, device) -> None:
     """OUT/report.html + report.json; a report that cannot be made is a warning, the images stay valid."""
+    logger.info("the work list is finished: writing its report in %s", out)
     try:
         build_report([out], data_root=args.data_root, dataset=args.dataset, guide_checkpoint=guide_checkpoint,
                      feature_spaces=requested_spaces(args.feature_space), device=device)
@@ -267,7 +268,12 @@ def run(args: argparse.Namespace) -> dict:
         start_index=args.start_index, shard=shard, num_shards=num_shards)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
-    if not args.no_report and expansion.report_due(out, work_list, report=out / REPORT_JSON):
+    # The ranks' shared work ends here. The report is one process's job, and torchmetrics' FID/KID would otherwise
+    # try to sync their states with ranks that have left (a crash in gloo, a hang in NCCL).
+    state.destroy_process_group()
+    # One process per launch asks (after the barrier, so for all of its ranks); the turn marker picks among launches.
+    if not args.no_report and state.is_main_process and expansion.report_due(
+            out, work_list, report=out / REPORT_JSON, made_images=written > 0):
         write_run_report(args, out, params["guide_checkpoint"], device)
     return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
             "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}

@@ -226,23 +226,24 @@ def pending(out_dir: Path, items: Sequence[WorkItem]) -> list[WorkItem]:
     return [it for it in items if not (it.image in done and (out_dir / it.image).is_file())]
 
 
-def report_due(out_dir: Path, items: Sequence[WorkItem], *, report: Path) -> bool:
+def report_due(out_dir: Path, items: Sequence[WorkItem], *, report: Path, made_images: bool) -> bool:
     """Whether this process writes the report of the work list `items`: it is all finished, and no one took it yet.
 
     The turn is a marker created with O_EXCL (atomic on local disks, NFSv3+ and Lustre), so of the
-    ranks and --split jobs that finish together exactly one writes it. A later run writes it again
-    only when `report` is missing (--no_report before, or the writer died).
+    runs that finish together exactly one writes it; one that lost the turn while making images
+    trusts the winner, who may still be writing. A run that made no image (a rerun of a finished
+    folder) writes the report only when it is missing (--no_report before, or its writer died).
     """
     missing = len(pending(out_dir, items))
     if missing:
-        logger.info("no report yet: %d of the work list's %d images are not finished (other shards); the process "
+        logger.info("no report yet: %d of the work list's %d images are not finished (other shards); the run "
                     "that finishes the last of them writes it", missing, len(items))
         return False
     digest = hashlib.sha256("\n".join(sorted(it.image for it in items)).encode()).hexdigest()[:16]
     try:
         os.close(os.open(out_dir / REPORT_TURN.format(digest=digest), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
-        return not report.is_file()
+        return not made_images and not report.is_file()
     return True
 
 

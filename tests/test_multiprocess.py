@@ -9,6 +9,10 @@ multi-process runs to mpirun only with --mpirun_hostfile).
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,9 @@ from distdiff import expansion
 from distdiff.data import LabeledImages, Sample
 from distdiff.manifest import MANIFEST, manifest_files, read_manifest
 from distdiff.sampling import BatchResult
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 # ---------------------------------------------------------------------------------------------
 # A folder made by one process (one manifest.jsonl) resumes under shards, which write their own parts
@@ -115,7 +122,7 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
             None, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={}, strength=0.5, steps=4,
             guidance_scale=1.0, guidance=None, guide=None, batch_size=4, record_energy=False, progress=False,
             shard=shard, num_shards=num_shards)
-        turn = expansion.report_due(out, work_list, report=report)
+        turn = expansion.report_due(out, work_list, report=report, made_images=written > 0)
         if turn:
             report.write_text("{}")  # what write_run_report would leave
         return written, turn
@@ -150,6 +157,73 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
         shard = int(part.name.split(".")[1].split("-")[0])
         assert {json.loads(line)["source"].split(":")[1] for line in part.read_text().splitlines()} <= \
             {dataset.samples[i].stem for i in sources[shard::64]}
-    assert not expansion.report_due(out, work_list, report=report)  # finished and reported: no second report
+    assert not expansion.report_due(out, work_list, report=report, made_images=False)  # reported: no second one
     report.unlink()
-    assert expansion.report_due(out, work_list, report=report)  # a lost report is written by the next run
+    assert not expansion.report_due(out, work_list, report=report, made_images=True)  # its writer may be at it
+    assert expansion.report_due(out, work_list, report=report, made_images=False)  # a lost report: the next run
+
+
+# ---------------------------------------------------------------------------------------------
+# accelerate on the CPU: 2 processes, and 2 "nodes" on loopback, write what one process writes
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for accelerate's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_launch(*flags, script: str, argv) -> subprocess.Popen:
+    """`accelerate launch --multi_gpu FLAGS SCRIPT ARGV` (torchrun, gloo on the CPU), started in the repository."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", *map(str, flags), script, *map(str, argv)]
+    return subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*runs: subprocess.Popen) -> str:
+    """Wait for every launch, check each exited 0, and return their stderr together."""
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0] * len(runs), outputs
+    return "".join(err for _, err in outputs)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_sd_dir, digits_guide_checkpoint):
+    """A one-process expansion of 2 digits x 2 copies at batch size 1, and the flags that made it."""
+    root = tmp_path_factory.mktemp("one")
+
+    def argv(out):
+        return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+                "--output_dir", str(out), "--cache_dir", str(root / "cache"), "--max_source_images", "2",
+                "--num_images_per_prompt", "2", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
+                "--batch_size", "1", "--num_threads", "1", "--feature_space", "none"]
+    expand.main(expand.parse_args(argv(root / "out")))
+    return root / "out", argv
+
+
+def assert_same_expansion(out: Path, reference: Path) -> None:
+    """The same PNG bytes and the same set of manifest records as the reference, and one report."""
+    assert pngs(out) == pngs(reference) and len(pngs(out)) == 4
+    assert read_manifest(out / MANIFEST) == read_manifest(reference / MANIFEST)
+    assert [p.name for p in manifest_files(out / MANIFEST)] == ["manifest.0-of-2.jsonl", "manifest.1-of-2.jsonl"]
+    assert (out / "report.json").is_file() and len(list(out.glob(".report-*.taken"))) == 1
+
+
+def test_accelerate_2_processes_write_what_one_process_writes(tmp_path, one_process):
+    reference, argv = one_process
+    out = tmp_path / "two"
+    log = finish(accelerate_launch("--num_processes", "2", "--main_process_port", free_port(), script="expand.py",
+                                   argv=argv(out)))
+    assert log.count("writing its report") == 1
+    assert_same_expansion(out, reference)
+
+
+def test_two_accelerate_nodes_on_loopback_write_what_one_process_writes(tmp_path, one_process):
+    reference, argv = one_process
+    out, port = tmp_path / "nodes", free_port()
+    nodes = [accelerate_launch("--num_machines", "2", "--num_processes", "2", "--machine_rank", rank,
+                               "--main_process_ip", "127.0.0.1", "--main_process_port", port, script="expand.py",
+                               argv=argv(out)) for rank in (0, 1)]
+    assert finish(*nodes).count("writing its report") == 1
+    assert_same_expansion(out, reference)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch.utils.data import ConcatDataset
 
 from distdiff import data
@@ -26,7 +25,8 @@ from distdiff.cli import add_threads_argument, configure_threads
 from distdiff.images import ImageError
 from distdiff.registry import dataset_has_split, dataset_spec, load_dataset
 from distdiff.results import RESULTS_NAME, write_results
-from distdiff.training import LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, fit, seed_everything
+from distdiff.training import (LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, check_global_batch, fit,
+                               make_accelerator, seed_everything)
 
 logger = logging.getLogger(__name__)
 
@@ -263,19 +263,22 @@ def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     if (out / RESULTS_NAME).is_file() and not args.overwrite:
         logger.warning("skipping %s: finished (results.yaml exists); pass --overwrite to run it again", out)
         return None
+    logger.info(configure_gpu(args.gpu))
+    if not torch.cuda.is_available():
+        logger.info("using %d CPU threads", configure_threads(args.num_threads))
+    accelerator = make_accelerator(args.mixed_precision)
+    check_global_batch(args.batch_size, accelerator)  # before --overwrite deletes anything
     if args.overwrite:
-        for name in (RESULTS_NAME, CHECKPOINT_NAME, LAST_STATE_NAME, LOG_NAME):
-            (out / name).unlink(missing_ok=True)
+        if accelerator.is_main_process:  # once, and before any process writes the new run's files
+            for name in (RESULTS_NAME, CHECKPOINT_NAME, LAST_STATE_NAME, LOG_NAME):
+                (out / name).unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
     expanded_dir = None
     if getattr(args, "exp", None):
         expanded_dir = args.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(args.dataset) / args.exp
     image_size, flip = image_settings(args)
     run_data = load_run_data(args, image_size, flip, expanded_dir)
 
-    logger.info(configure_gpu(args.gpu))
-    if not torch.cuda.is_available():
-        logger.info("using %d CPU threads", configure_threads(args.num_threads))
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
     seed_everything(args.seed)
     model = build_classifier(args.arch, len(run_data["classes"]), pretrained=args.pretrained,
                              pretrained_path=args.pretrained_path)

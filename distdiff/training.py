@@ -1,9 +1,15 @@
 """The classifier training loop: SGD + cosine schedule, evaluation every epoch, resumable.
 
 Accelerate places the model and batches on the device, runs mixed precision and shards batches
-over several GPUs (`accelerate launch`); nothing here names a device. The paper's metric is the
-best test accuracy over epochs; with a validation set the loop also reports the test accuracy at
-the epoch of best validation accuracy, the honest model-selection figure.
+over several processes (`accelerate launch`); nothing here names a device. The paper's metric is
+the best test accuracy over epochs; with a validation set the loop also reports the test accuracy
+at the epoch of best validation accuracy, the honest model-selection figure.
+
+Under N processes (docs/SCALING.md#training): `batch_size` stays the global batch, split N ways
+(so the steps per epoch and the schedule are a one-process run's); evaluation gathers each image's
+prediction once (gather_for_metrics drops the padding of an uneven last batch); only the main
+process writes checkpoints, the log and results. BatchNorm normalises each process's share of the
+batch, so training is not bit-equal to one process.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -56,6 +62,23 @@ class TrainConfig:
 RESUME_KEYS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "seed", "augment")
 
 
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """The Accelerator of a training run: each global batch of `batch_size` is split over the processes.
+
+    Without CUDA, accelerate forms a (gloo) process group only when told it runs on the CPU; else
+    each launched process would train alone and write the same files.
+    """
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def check_global_batch(batch_size: int, accelerator: Accelerator) -> None:
+    """Refuse a global batch that the processes cannot split evenly."""
+    if batch_size % accelerator.num_processes:
+        raise TrainingError(f"--batch_size {batch_size} is the global batch, split over {accelerator.num_processes} "
+                            f"processes: pass a multiple of {accelerator.num_processes}.")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's random, numpy and torch (all devices)."""
     set_seed(seed)
@@ -77,8 +100,8 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
-    """Top-1 accuracy in percent of `model` over `loader` (gathered across processes)."""
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> tuple[float, int]:
+    """(top-1 accuracy in percent, images counted) of `model` over `loader`, each image once across processes."""
     model.eval()
     correct = total = 0
     for images, labels in loader:
@@ -86,7 +109,7 @@ def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> 
         preds, labels = accelerator.gather_for_metrics((preds, labels))
         correct += (preds == labels).sum().item()
         total += labels.numel()
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * correct / max(total, 1), total
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -158,13 +181,14 @@ def fit(model: nn.Module, *, train_set: Dataset, test_set: Dataset, val_set: Dat
     Rerunning with the same output_dir continues after the last finished epoch. Returns
     summarize_history(...) of all epochs. `info` goes into the checkpoint (see load_classifier).
     """
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     last_path, log_path = output_dir / LAST_STATE_NAME, output_dir / LOG_NAME
     if config.epochs < 1 or config.batch_size < 1:
         raise TrainingError(f"--epochs and --batch_size must be at least 1, got {config.epochs} and "
                             f"{config.batch_size}.")
+    check_global_batch(config.batch_size, accelerator)
     if len(train_set) < 2:
         raise TrainingError(f"the training set has {len(train_set)} images; at least 2 are needed.")
 
@@ -207,9 +231,11 @@ def fit(model: nn.Module, *, train_set: Dataset, test_set: Dataset, val_set: Dat
         lr = optimizer.param_groups[0]["lr"]
         loss, train_acc = train_one_epoch(model, train_loader, optimizer, accelerator, mix)
         scheduler.step()
+        val_accuracy, val_images = evaluate(model, val_loader, accelerator) if val_loader is not None else (None, 0)
+        test_accuracy, test_images = evaluate(model, test_loader, accelerator)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_accuracy": train_acc,
-               "val_accuracy": evaluate(model, val_loader, accelerator) if val_loader is not None else None,
-               "test_accuracy": evaluate(model, test_loader, accelerator)}
+               "val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
+               "val_images": val_images, "test_images": test_images}
         row["time_s"] = time.perf_counter() - start
         history.append(row)
         if accelerator.is_main_process:

@@ -18,11 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 
 import expand
 from distdiff import expansion
+from distdiff.augment import eval_transform
+from distdiff.classifiers import load_classifier
 from distdiff.data import LabeledImages, Sample
 from distdiff.manifest import MANIFEST, manifest_files, read_manifest
+from distdiff.registry import load_dataset
 from distdiff.sampling import BatchResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,3 +232,78 @@ def test_two_accelerate_nodes_on_loopback_write_what_one_process_writes(tmp_path
                                argv=argv(out)) for rank in (0, 1)]
     assert finish(*nodes).count("writing its report") == 1
     assert_same_expansion(out, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training under 2 processes: each test image counted once, files written once, resume
+
+
+DIE_AFTER_EPOCH_1 = """
+import os, signal, sys
+from distdiff import cli  # noqa: F401  (the OpenMP wait policy, as the scripts set it)
+from distdiff import training
+import train_original
+
+real_save = training.atomic_torch_save
+
+
+def save_then_die(obj, path):
+    real_save(obj, path)
+    os.kill(os.getpid(), signal.SIGKILL)  # the main process dies right after epoch 1's state is on disk
+
+
+training.atomic_torch_save = save_then_die
+train_original.main(train_original.parse_args(sys.argv[1:]))
+"""
+
+
+def small_imagefolder(root: Path) -> Path:
+    """2 classes of overlapping brightness: train 6 + 6, test 4 + 3 (7 images: not a multiple of 2 processes)."""
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", (6, 6)), ("test", (4, 3))):
+        for label, count in enumerate(counts):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 235, (16, 16, 3)) + 20 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_training_on_2_processes_counts_each_test_image_once_writes_once_and_resumes(tmp_path):
+    data = small_imagefolder(tmp_path / "data")
+    argv = [f"imagefolder:{data}", "smallcnn", "0.1", "False", "0", "--epochs", "2", "--batch_size", "4",
+            "--image_size", "16", "--num_workers", "0", "--output_root", str(tmp_path / "ckpt")]
+    killer = tmp_path / "die_after_epoch_1.py"
+    killer.write_text(DIE_AFTER_EPOCH_1)
+    died = accelerate_launch("--num_processes", "2", "--main_process_port", free_port(), script=str(killer),
+                             argv=argv)
+    died.communicate(timeout=300)
+    assert died.returncode != 0
+    run = tmp_path / "ckpt" / "data" / "smallcnn_unpretrained_lr0.1" / "seed1"
+    assert not (run / "results.yaml").exists() and (run / "last_state.pth.tar").is_file()
+
+    log = finish(accelerate_launch("--num_processes", "2", "--main_process_port", free_port(),
+                                   script="train_original.py", argv=argv))
+    assert "resuming" in log
+    text = (run / "log.txt").read_text()
+    assert text.count("start:") == 1 and text.count("resume after epoch 1") == 1  # one writer, not two
+    assert text.count("epoch 2/2") == 1 and "epoch 1/2" not in text  # epoch 1's line died with its writer
+    state = torch.load(run / "last_state.pth.tar", weights_only=True)
+    assert [row["test_images"] for row in state["history"]] == [7, 7]  # gather_for_metrics: no padded duplicate
+    results = yaml.safe_load((run / "results.yaml").read_text())
+    assert results["num_test"] == 7 and results["epochs_done"] == 2
+
+    # The recorded best accuracy is what one process measures with the saved model.
+    model, info = load_classifier(run / "model_best.pth.tar")
+    test = load_dataset(f"imagefolder:{data}", "test").with_transform(
+        eval_transform(info["image_size"], info["mean"], info["std"]))
+    with torch.no_grad():
+        correct = sum(int(model(image[None]).argmax(1).item() == label) for image, label in test)
+    assert 100.0 * correct / 7 == results["best_accuracy"]
+
+    odd = accelerate_launch("--num_processes", "2", "--main_process_port", free_port(), script="train_original.py",
+                            argv=argv + ["--batch_size", "5", "--overwrite"])
+    _, err = odd.communicate(timeout=300)
+    assert odd.returncode != 0 and "--batch_size 5 is the global batch, split over 2 processes" in err
+    assert (run / "results.yaml").is_file()  # refused before --overwrite deleted anything

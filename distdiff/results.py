@@ -45,6 +45,22 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return results
 
 
+def best_on_validation(run_dirs: list[str | Path]) -> Path:
+    """The run folder whose results.yaml has the highest val_best_accuracy (the first on a tie)."""
+    scored = []
+    for run in map(Path, run_dirs):
+        if not (run / RESULTS_NAME).is_file():
+            raise ValueError(f"{run / RESULTS_NAME} not found; finish that run first (rerun its train_original.py "
+                             f"command: it resumes).")
+        results = read_results(run / RESULTS_NAME)
+        if results.get("val_best_accuracy") is None:
+            raise ValueError(f"{run} was trained without --validation; a choice on the val split needs it.")
+        scored.append((results["val_best_accuracy"], run))
+    if not scored:
+        raise ValueError("no run folder given to choose from.")
+    return max(scored, key=lambda pair: pair[0])[1]  # max keeps the first of equal scores
+
+
 def _seed_dirs(folder: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := SEED_DIR.fullmatch(p.name))]
     return sorted(found)

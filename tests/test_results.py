@@ -74,3 +74,20 @@ def test_parse_logs_errors_are_clear(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("just: text\n")
     with pytest.raises(ValueError, match="not a results.yaml"):
         read_results(tmp_path / "bad.yaml")
+
+
+def test_best_on_validation_chooses_by_val_never_by_test(tmp_path):
+    from distdiff.results import best_on_validation
+
+    runs = {"lr0.1": {"best_accuracy": 90.8, "val_best_accuracy": 86.0},
+            "lr0.01": {"best_accuracy": 81.8, "val_best_accuracy": 89.0},
+            "lr0.001": {"best_accuracy": 70.0, "val_best_accuracy": 89.0}}  # a tie: the first given wins
+    for name, results in runs.items():
+        (tmp_path / name).mkdir()
+        write_results(tmp_path / name / "results.yaml", results)
+    assert best_on_validation([tmp_path / n for n in runs]) == tmp_path / "lr0.01"
+    write_results(tmp_path / "lr0.1" / "results.yaml", {"best_accuracy": 99.0})
+    with pytest.raises(ValueError, match="trained without --validation"):
+        best_on_validation([tmp_path / "lr0.1"])
+    with pytest.raises(ValueError, match="results.yaml not found; finish that run first"):
+        best_on_validation([tmp_path / "missing"])

@@ -112,7 +112,7 @@ def test_missing_pretrained_weights_say_what_to_download_and_where(tmp_path):
 
 
 def test_bad_arch_and_pretrained_smallcnn_are_rejected():
-    with pytest.raises(ClassifierError, match=r"unknown arch 'vgg'; choose one of \['mobilenetv2'"):
+    with pytest.raises(ClassifierError, match=r"unknown arch 'vgg'; choose one of \['efficientnet_lite0', 'mobilenetv2'"):
         build_classifier("vgg", 3)
     with pytest.raises(ClassifierError, match="'smallcnn' has no ImageNet weights"):
         build_classifier("smallcnn", 3, pretrained=True)

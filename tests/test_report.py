@@ -165,7 +165,7 @@ def test_fid_and_kid_separate_a_shifted_set(tmp_path, digits_guide_checkpoint):
     shifted = tmp_path / "inverted"
     fake_expansion(shifted, digits_guide_checkpoint, change=ImageOps.invert)
     report = build_report([same, shifted], output_dir=tmp_path / "comparison",
-                          judge_checkpoint=str(digits_guide_checkpoint))
+                          judge_checkpoint=str(digits_guide_checkpoint), feature_spaces=[])
     rows = {(r["set"], r["reference"]): r["overall"] for r in report["distribution"]["guide"]["rows"]}
     assert rows[("inverted", "train")]["fid"] > 10 * rows[("same", "train")]["fid"]
     assert rows[("inverted", "train")]["kid_mean"] > 10 * abs(rows[("same", "train")]["kid_mean"])
@@ -215,7 +215,7 @@ def test_an_old_run_without_energies_or_config_gets_missing_sections(tmp_path):
     fake_expansion(out, None, energies=False, config=False)
     with pytest.raises(ReportError, match="pass --dataset"):
         build_report([out])
-    report = build_report([out], dataset="digits")
+    report = build_report([out], dataset="digits", feature_spaces=[])
     assert report["distribution"]["guide"]["status"] == "missing"
     assert report["label_fidelity"]["status"] == "missing" and report["copying"]["status"] == "missing"
     assert report["energies"]["old"]["D_c"]["status"] == "missing"
@@ -223,7 +223,7 @@ def test_an_old_run_without_energies_or_config_gets_missing_sections(tmp_path):
     page = (out / REPORT_HTML).read_text()
     assert page.count('class="missing"') >= 5 and "no guide checkpoint" in page
     (out / MANIFEST).unlink()
-    assert build_report([out], dataset="digits")["energies"]["old"]["status"] == "missing"
+    assert build_report([out], dataset="digits", feature_spaces=[])["energies"]["old"]["status"] == "missing"
 
 
 def test_report_cli_errors_are_one_line(tmp_path, capsys):
@@ -334,7 +334,7 @@ def test_copies_without_a_train_source_are_counted_not_measured(tmp_path, digits
     fake_expansion(out, digits_guide_checkpoint)
     for png in out.rglob("*.png"):
         png.rename(png.with_name(f"other_{png.name.replace('_expand_', '_copy_')}"))
-    report = build_report([out])
+    report = build_report([out], feature_spaces=[])
     assert report["runs"][0]["unmatched_images"] == 40 and report["runs"][0]["sources"] == 0
     assert report["copying"]["renamed"]["status"] == "missing"
     assert report["energies"]["renamed"]["status"] == "missing"  # the manifest names none of these files

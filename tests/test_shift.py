@@ -84,7 +84,7 @@ def test_unseen_prompt_reaches_the_unet(tmp_path, monkeypatch, tiny_sd, tiny_sd_
     argv = ["-d", "digits-shift-unseen", "--model", str(tiny_sd_dir), "--guidance", "none",
             "--guide_checkpoint", str(tmp_path / "none.pth.tar"), "--output_dir", str(tmp_path / "out"),
             "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "1", "--num_images_per_prompt", "1",
-            "--steps", "4", "--guidance_scale", "1.0"]
+            "--steps", "4", "--guidance_scale", "1.0", "--feature_space", "none"]
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="guide checkpoint"):  # a named guide that does not exist is refused
         expand.main(expand.parse_args(argv))

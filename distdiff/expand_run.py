@@ -148,9 +148,10 @@ def resolve_paths(args: argparse.Namespace) -> None:
     if args.model is None:
         args.model = spec.sd_model
         if Path(args.model).is_absolute() and not Path(args.model).is_dir():
+            from distdiff.tiny_sd_train import train_command  # the recipe writing this folder (shifted digits: digits')
+
             raise expansion.ExpansionError(f"the default model for {args.dataset}, {args.model}, does not exist; "
-                                           f"train it with `python scripts/train_tiny_sd.py --output_dir {args.model}` "
-                                           f"or pass --model.")
+                                           f"train it with `{train_command(args.model)}` or pass --model.")
     args.guide_arch_given = args.guide_arch is not None  # only an explicit -a is checked against the checkpoint
     args.guide_arch = args.guide_arch or spec.guide_arch
     args.guide_given = args.guide_checkpoint is not None

@@ -5,7 +5,8 @@ cross-attention, AutoencoderKL with 4 latent channels, CLIPTextModel + byte-leve
 CLIPTokenizer, DDIM scheduler with SD v1's noise schedule), only with small channel counts.
 Preset "tiny" is the randomly initialised test model; preset "digits" is the architecture
 trained on the digits generator pool by scripts/train_tiny_sd.py and shipped in
-checkpoint/tiny-sd-digits/. Both load with `X.from_pretrained(path, subfolder=...)` and with
+checkpoint/tiny-sd-digits/; preset "fashion" is the same network with the Fashion-MNIST class
+words in its vocabulary (checkpoint/tiny-sd-fashion/). All load with `X.from_pretrained(path, subfolder=...)` and with
 diffusers' Stable Diffusion pipelines.
 """
 
@@ -40,7 +41,20 @@ SCHEDULER_CONFIG = {
 
 MODEL_MAX_LENGTH = 77  # SD v1 (CLIP ViT-L/14 context); pipelines pad every prompt to it
 
-# Architecture presets: {component: config overrides}. Values equal to SD v1's are marked.
+# Whole-word tokens so prompts like "a photo of the digit 3." use one token per word; any other
+# text still tokenizes, falling back to byte tokens. Digits and "." are single bytes already.
+VOCAB_WORDS = (
+    "a", "an", "the", "of", "photo", "image", "picture", "digit", "number", "handwritten",
+    "texture", "drawing", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+    "nine", "and", "with", "in", "on",
+)
+# The Fashion-MNIST class names as CLIP's tokenizer splits them (lowercase; "T-shirt or top" is
+# "t", "-", "shirt", "or", "top"), so each prompt's class is a few whole-word tokens.
+FASHION_WORDS = VOCAB_WORDS + ("t", "shirt", "or", "top", "trouser", "pullover", "dress", "coat", "sandal",
+                               "sneaker", "bag", "ankle", "boot")
+
+# Architecture presets: {component: config overrides}; "tokenizer" holds the whole-word vocabulary.
+# Values equal to SD v1's are marked.
 PRESETS = {
     # Random-weight test model: 32 px images, 16x16x4 latents; fast enough for CPU unit tests.
     "tiny": {
@@ -76,6 +90,7 @@ PRESETS = {
             "max_position_embeddings": MODEL_MAX_LENGTH,
             "hidden_act": "quick_gelu",  # SD v1
         },
+        "tokenizer": {"words": VOCAB_WORDS},
     },
     # Trained on the digits pool: 32 px images, 8x8x4 latents (the digits are 8x8 upscaled, so
     # a factor-4 VAE loses little and makes UNet training 4x cheaper than 16x16 latents).
@@ -112,17 +127,26 @@ PRESETS = {
             "max_position_embeddings": MODEL_MAX_LENGTH,
             "hidden_act": "quick_gelu",  # SD v1
         },
+        "tokenizer": {"words": VOCAB_WORDS},
     },
 }
+# Trained on the Fashion-MNIST pool: the digits network (a wider one would not train in the ~75 min
+# budget on the 2-core CPU), with the clothing words in the vocabulary.
+PRESETS["fashion"] = {**PRESETS["digits"], "tokenizer": {"words": FASHION_WORDS}}
 
-# Whole-word tokens so prompts like "a photo of the digit 3." use one token per word; any other
-# text still tokenizes, falling back to byte tokens. Digits and "." are single bytes already.
-VOCAB_WORDS = (
-    "a", "an", "the", "of", "photo", "image", "picture", "digit", "number", "handwritten",
-    "texture", "drawing", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-    "nine", "and", "with", "in", "on",
-)
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"  # SD v1 (CLIP) special tokens
+
+
+def apply_merges(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair encoding of one word's `pieces`: repeatedly join the adjacent pair whose merge comes first."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(rank.get(pair, len(rank)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        best, i = min(pairs)
+        if best == len(rank):
+            return pieces
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
 
 
 def tokenizer_files(words=VOCAB_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -131,8 +155,10 @@ def tokenizer_files(words=VOCAB_WORDS) -> tuple[dict[str, int], list[tuple[str, 
     tokens = alphabet + [c + "</w>" for c in alphabet]  # CLIP's order: bytes, then word-final bytes
     merges, known = [], set(tokens)
     for word in words:
-        # Merge left to right so each prefix is a token and the last merge yields "word</w>".
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        # First the pieces the merges so far make of the word (an earlier word's merge such as
+        # "s"+"e" would otherwise split "trouser" before its own ones apply), then merge those
+        # left to right so the last merge yields "word</w>".
+        pieces = apply_merges(list(word[:-1]) + [word[-1] + "</w>"], merges)
         left = pieces[0]
         for right in pieces[1:]:
             merged = left + right
@@ -145,9 +171,9 @@ def tokenizer_files(words=VOCAB_WORDS) -> tuple[dict[str, int], list[tuple[str, 
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
-def build_tokenizer(*, model_max_length: int = MODEL_MAX_LENGTH) -> CLIPTokenizer:
-    """A CLIPTokenizer built from `tokenizer_files()`; no download."""
-    vocab, merges = tokenizer_files()
+def build_tokenizer(*, model_max_length: int = MODEL_MAX_LENGTH, words=VOCAB_WORDS) -> CLIPTokenizer:
+    """A CLIPTokenizer built from `tokenizer_files(words)`; no download."""
+    vocab, merges = tokenizer_files(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
                          unk_token=EOS_TOKEN, pad_token=EOS_TOKEN, model_max_length=model_max_length)
 
@@ -157,7 +183,7 @@ def build_tiny_sd(*, seed: int = 0, preset: str = "tiny") -> dict:
     if preset not in PRESETS:
         raise ValueError(f"unknown tiny SD preset '{preset}'; choose one of {sorted(PRESETS)}.")
     config = PRESETS[preset]
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(words=config["tokenizer"]["words"])
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**config["unet"])
     vae = AutoencoderKL(**config["vae"])
@@ -225,3 +251,18 @@ def load_tiny_sd(path: str | Path, *, device: str | torch.device = "cpu") -> dic
         "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
         "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
     }
+
+
+@torch.no_grad()
+def vae_round_trip_error(vae, images: torch.Tensor, *, batch_size: int = 256) -> dict:
+    """Mean absolute and root-mean-square error, in [0, 1] pixel units, of decoding the posterior means of
+    `images` [N, 3, H, W] in [-1, 1] (SD's VAE input range); the mean is the deterministic round trip."""
+    abs_sum = sq_sum = 0.0
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        decoded = vae.decode(vae.encode(batch).latent_dist.mean).sample.clamp(-1.0, 1.0)
+        diff = (decoded - batch) / 2.0  # [-1, 1] -> [0, 1] units
+        abs_sum += diff.abs().sum().item()
+        sq_sum += diff.pow(2).sum().item()
+    count = images.numel()
+    return {"mae": abs_sum / count, "rmse": (sq_sum / count) ** 0.5, "num_images": len(images)}

@@ -13,8 +13,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from distdiff.sampling import default_resolution
-from distdiff.tiny_sd import (MODEL_MAX_LENGTH, SCHEDULER_CONFIG, VOCAB_WORDS, build_tiny_sd, build_tokenizer,
-                              load_tiny_sd, save_tiny_sd)
+from distdiff.tiny_sd import (FASHION_WORDS, MODEL_MAX_LENGTH, PRESETS, SCHEDULER_CONFIG, VOCAB_WORDS, build_tiny_sd,
+                              build_tokenizer, load_tiny_sd, save_tiny_sd, vae_round_trip_error)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGIT_PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
@@ -157,6 +157,32 @@ def test_make_tiny_sd_script_replaces_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_fashion_preset_is_the_digits_network_with_clothing_words():
+    digits, fashion = build_tiny_sd(seed=0, preset="digits"), build_tiny_sd(seed=0, preset="fashion")
+    assert {k: v for k, v in PRESETS["fashion"].items() if k != "tokenizer"} == \
+        {k: v for k, v in PRESETS["digits"].items() if k != "tokenizer"}
+    assert fashion["unet"].config == digits["unet"].config
+    tokens = fashion["tokenizer"].tokenize("a photo of a T-shirt or top.")
+    assert tokens == [f"{w}</w>" for w in ("a", "photo", "of", "a", "t", "-", "shirt", "or", "top", ".")]
+    for word in FASHION_WORDS:  # "trouser" needs the merges after "seven"'s "s"+"e": whole words still
+        assert fashion["tokenizer"].tokenize(word) == [f"{word}</w>"], word
+    assert len(digits["tokenizer"].tokenize("pullover")) > 1  # the digits vocabulary is unchanged
+    shipped = json.loads((REPO / "checkpoint" / "tiny-sd-digits" / "tokenizer" / "vocab.json").read_text())
+    assert digits["tokenizer"].get_vocab() == shipped
+
+
+def test_vae_round_trip_error_in_pixel_units_and_batch_independent():
+    vae = build_tiny_sd(seed=0)["vae"]
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    whole, batched = vae_round_trip_error(vae, images), vae_round_trip_error(vae, images, batch_size=2)
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+    assert whole["mae"] == pytest.approx(((decoded - images).abs() / 2).mean().item(), rel=1e-5)
+    assert whole["rmse"] == pytest.approx((((decoded - images) / 2) ** 2).mean().sqrt().item(), rel=1e-5)
+    assert batched["mae"] == pytest.approx(whole["mae"], rel=1e-5) and whole["num_images"] == 5
+    assert 0 < whole["mae"] <= whole["rmse"] <= 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped, trained model: checkpoint/tiny-sd-digits/ (scripts/train_tiny_sd.py).
 
@@ -202,6 +228,32 @@ def test_train_script_trains_on_the_pool_only(monkeypatch, tmp_path):
     assert seen["kw"]["unet_steps"] == 7 and seen["kw"]["prompt_dropout"] == 0.1 and seen["threads"] == 1
     with pytest.raises(SystemExit, match="--prompt_dropout must be in"):
         script.main(script.parse_args(["--prompt_dropout", "1.5"]))
+    # the digits defaults are the digits recipe, written where expand.py -d digits looks
+    args = script.parse_args([])
+    assert args.output_dir == str(SHIPPED) and args.state_dir == "runs/train_tiny_sd" and args.unet_steps == 1200
+
+
+def test_train_script_takes_the_dataset_and_its_recipe(monkeypatch):
+    import importlib.util
+
+    from distdiff.registry import dataset_spec
+
+    spec = importlib.util.spec_from_file_location("train_tiny_sd_script", REPO / "scripts" / "train_tiny_sd.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = {}
+    summary = {"vae_loss": 0.0, "unet_loss": 0.0, "scaling_factor": 1.0, "num_images": 0}
+    monkeypatch.setattr(script, "load_dataset", lambda name, split: seen.update(name=name, split=split) or [])
+    monkeypatch.setattr(script, "train_tiny_sd", lambda dataset, output_dir, **kw: seen.update(
+        output_dir=output_dir, kw=kw) or summary)
+    monkeypatch.setattr(script.torch, "set_num_threads", lambda n: None)
+    script.main(script.parse_args(["--dataset", "fashion-mnist", "--vae_steps", "5"]))
+    assert (seen["name"], seen["split"]) == ("fashion-mnist", "pool")
+    assert seen["output_dir"] == dataset_spec("fashion-mnist").sd_model  # where expand.py -d fashion-mnist looks
+    kw = seen["kw"]
+    assert kw["preset"] == "fashion" and kw["state_dir"] == "runs/train_tiny_sd_fashion"
+    assert kw["vae_steps"] == 5 and kw["unet_steps"] == 2400 and kw["max_shift"] == 0  # the flag wins, else the recipe
+    assert kw["prompt_dropout"] == 0.1  # not in the recipe: the digits default
 
 
 def test_shipped_checkpoint_loads_like_sd(tmp_path):

@@ -1,15 +1,17 @@
-"""Tests of distdiff/tiny_sd_train.py: the two-stage training of the digits tiny SD."""
+"""Tests of distdiff/tiny_sd_train.py: the two-stage training of a dataset's tiny SD."""
 
 import json
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTokenizer
 
 from distdiff.registry import load_dataset
 from distdiff.tiny_sd import build_tiny_sd
-from distdiff.tiny_sd_train import (encode_latents, images_tensor, prompt_table, random_shift, train_stage,
-                                    train_tiny_sd, unet_loss)
+from distdiff.tiny_sd_train import (RECIPES, TRAIN_DEFAULTS, encode_latents, images_tensor, prompt_table,
+                                    random_shift, recipe_hyperparameters, train_command, train_stage, train_tiny_sd,
+                                    unet_loss)
 
 
 def test_random_shift_moves_content_and_fills_background():
@@ -114,3 +116,33 @@ def test_encode_latents_rows_follow_copies():
     assert sources.tolist() == [0, 1, 2, 0, 1, 2]
     with torch.no_grad():
         assert torch.allclose(means[:3], vae.encode(images).latent_dist.mean, atol=1e-5)
+
+
+def test_a_state_of_another_preset_is_not_resumed(tmp_path):
+    pool = load_dataset("digits", "pool").subset(range(0, 997, 100))
+    tiny = dict(vae_steps=1, vae_batch_size=2, unet_steps=1, unet_batch_size=2, latent_copies=1, warmup_steps=1)
+    train_tiny_sd(pool, tmp_path / "model", seed=0, state_dir=tmp_path / "state", preset="fashion", **tiny)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "model", subfolder="tokenizer")
+    assert tokenizer.tokenize("a pullover.") == ["a</w>", "pullover</w>", ".</w>"]  # the fashion vocabulary
+    with pytest.raises(ValueError, match="other settings"):
+        train_tiny_sd(pool, tmp_path / "model", seed=0, state_dir=tmp_path / "state", preset="digits", **tiny)
+
+
+def test_recipes_differ_from_the_digits_defaults_only_where_they_say():
+    assert recipe_hyperparameters("digits") == TRAIN_DEFAULTS
+    fashion = recipe_hyperparameters("fashion-mnist")
+    changed = {k for k in TRAIN_DEFAULTS if fashion[k] != TRAIN_DEFAULTS[k]}
+    assert changed == set(RECIPES["fashion-mnist"].overrides) and fashion["max_shift"] == 0
+    assert RECIPES["fashion-mnist"].preset == "fashion"
+    assert RECIPES["fashion-mnist"].state_dir != RECIPES["digits"].state_dir
+
+
+def test_train_command_names_the_recipe_that_writes_a_default_model():
+    from distdiff.registry import DATASETS, dataset_spec
+
+    assert train_command(dataset_spec("fashion-mnist").sd_model) == \
+        "python scripts/train_tiny_sd.py --dataset fashion-mnist"
+    shifted = next(name for name, spec in DATASETS.items() if name != "digits" and spec.sd_model ==
+                   dataset_spec("digits").sd_model)  # a shifted-digits dataset shares the digits model
+    assert train_command(dataset_spec(shifted).sd_model) == "python scripts/train_tiny_sd.py --dataset digits"
+    assert train_command("/elsewhere/sd") == "python scripts/train_tiny_sd.py --output_dir /elsewhere/sd"

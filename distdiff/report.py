@@ -226,6 +226,7 @@ def build_report(outs: Sequence[str | Path], *, output_dir: str | Path | None = 
               "runs": [{"name": run.name, "path": str(run.path), "images": len(run.images),
                         "sources": int(torch.unique(run.sources[run.sources >= 0]).numel()),
                         "unmatched_images": int((run.sources < 0).sum()), "manifest_records": len(run.records),
+                        "guide_checkpoint": run.config.get("guide_checkpoint"),  # the features its energies are in
                         "config": {k: run.config[k] for k in CONFIG_FIELDS if k in run.config}} for run in runs]}
     guide = _guide_of(outs, guide_checkpoint)
     report["guide_checkpoint"] = guide

@@ -261,6 +261,11 @@ def _energies(report: dict, images: dict[str, bytes]) -> str:
            "prototype / nearest group prototype, before guidance, right after the guided step, and of the final "
            "image. 'moved closer' is the share of images whose distance right after guidance is below the one "
            "before it; 'final closer' compares the final image with the one before guidance.</p>")
+    guides = {r["name"]: r.get("guide_checkpoint") for r in report["runs"]}
+    if len(set(guides.values())) > 1:  # energies in different feature spaces must not be read side by side
+        out += ("<p class=\"missing\">These expansions were made with different guides, and each one's energies are "
+                "measured in its own guide's features, so their energies cannot be compared across guides: "
+                + "; ".join(f"{_e(name)}: {_e(guide or 'no guide')}" for name, guide in guides.items()) + ".</p>")
     rows = []
     for name, summary in report["energies"].items():
         for level in ("D_c", "D_g"):

@@ -103,14 +103,14 @@ def copies_report(tmp_path_factory, digits_guide_checkpoint):
     return out, records, build_report([out], feature_spaces=[])  # the independent spaces have tests of their own
 
 
-def test_report_json_of_a_tiny_expansion(copies_report):
+def test_report_json_of_a_tiny_expansion(copies_report, digits_guide_checkpoint):
     out, records, report = copies_report
     saved = json.loads((out / REPORT_JSON).read_text())
     assert saved == json.loads(json.dumps(report))
     assert report["real"] == {"train": {"split": "train", "n": 100}, "heldout": {"split": "test", "n": 600}}
     assert report["runs"][0] | {"path": None} == {
         "name": "identity_2x", "path": None, "images": 40, "sources": 20, "unmatched_images": 0,
-        "manifest_records": 40, "config": {"guidance": "transform"}}
+        "manifest_records": 40, "config": {"guidance": "transform"}, "guide_checkpoint": str(digits_guide_checkpoint)}
     rows = report["distribution"]["guide"]["rows"]
     assert [(r["set"], r["reference"]) for r in rows] == [
         ("real train (yardstick)", "test"), ("identity_2x", "train"), ("identity_2x", "test")]
@@ -168,6 +168,7 @@ def test_fid_and_kid_separate_a_shifted_set(tmp_path, digits_guide_checkpoint):
                           judge_checkpoint=str(digits_guide_checkpoint), feature_spaces=[])
     rows = {(r["set"], r["reference"]): r["overall"] for r in report["distribution"]["guide"]["rows"]}
     assert rows[("inverted", "train")]["fid"] > 10 * rows[("same", "train")]["fid"]
+    assert "made with different guides" not in (tmp_path / "comparison" / REPORT_HTML).read_text()
     assert rows[("inverted", "train")]["kid_mean"] > 10 * abs(rows[("same", "train")]["kid_mean"])
     assert report["copying"]["inverted"]["unchanged_share"] == 0.0
     # Both runs are measured against the same real images and shown with the same sources.
@@ -404,3 +405,16 @@ def test_efficientnet_space_features_are_the_pretrained_networks_pooled_features
     with torch.no_grad():
         torch.testing.assert_close(features[:1], model.classifier.features(x))
     assert not torch.allclose(features[0], features[2])
+
+
+def test_energies_of_expansions_made_with_different_guides_are_flagged(tmp_path, digits_guide_checkpoint):
+    first, second = tmp_path / "first", tmp_path / "second"
+    fake_expansion(first, digits_guide_checkpoint)
+    other_guide = tmp_path / "other" / "model_best.pth.tar"
+    other_guide.parent.mkdir()
+    other_guide.write_bytes(digits_guide_checkpoint.read_bytes())
+    fake_expansion(second, other_guide)
+    report = build_report([first, second], output_dir=tmp_path / "both", feature_spaces=[])
+    assert [r["guide_checkpoint"] for r in report["runs"]] == [str(digits_guide_checkpoint), str(other_guide)]
+    text = " ".join(parse_page(tmp_path / "both" / REPORT_HTML).text)
+    assert "made with different guides" in text and f"second: {other_guide}" in text

@@ -109,6 +109,9 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_report", action="store_true",
                    help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
     add_feature_space_argument(p)
+    p.add_argument("--inception_weights", default=None, metavar="FILE",
+                   help="local InceptionV3 weights (weights-inception-2015-12-05-6726825d.pth): the report measures "
+                        "FID/KID in Inception's features too")
     add_threads_argument(p)
 
 
@@ -137,7 +140,7 @@ def validate(args: argparse.Namespace) -> None:
         raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
                                        "--optimize_targets); give one a positive weight, or use --guidance none.")
     if not args.no_report:  # a report space that cannot be measured is said before the expansion, not after it
-        chosen_spaces(requested_spaces(args.feature_space), None)
+        chosen_spaces(requested_spaces(args.feature_space), args.inception_weights)
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -200,7 +203,8 @@ def write_run_report(args: argparse.Namespace, out: Path, guide_checkpoint: str 
     logger.info("the work list is finished: writing its report in %s", out)
     try:
         build_report([out], data_root=args.data_root, dataset=args.dataset, guide_checkpoint=guide_checkpoint,
-                     feature_spaces=requested_spaces(args.feature_space), device=device)
+                     feature_spaces=requested_spaces(args.feature_space), inception_weights=args.inception_weights,
+                     device=device)
     except (ReportError, DatasetError, ClassifierError) as err:
         logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
 

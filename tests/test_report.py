@@ -418,3 +418,12 @@ def test_energies_of_expansions_made_with_different_guides_are_flagged(tmp_path,
     assert [r["guide_checkpoint"] for r in report["runs"]] == [str(digits_guide_checkpoint), str(other_guide)]
     text = " ".join(parse_page(tmp_path / "both" / REPORT_HTML).text)
     assert "made with different guides" in text and f"second: {other_guide}" in text
+
+
+def test_expand_refuses_a_report_space_it_cannot_measure_before_any_work(tmp_path, tiny_sd_dir):
+    argv = ["-d", "digits", "--model", str(tiny_sd_dir), "--guidance", "none", "--output_dir", str(tmp_path / "out"),
+            "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "1", "--num_images_per_prompt", "1",
+            "--steps", "4", "--feature_space", "inception"]
+    with pytest.raises(SystemExit, match="expand.py: error: --feature_space inception: no --inception_weights FILE"):
+        expand.main(expand.parse_args(argv))
+    assert not (tmp_path / "out").exists()

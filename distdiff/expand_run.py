@@ -22,7 +22,8 @@ from distdiff.classifiers import ClassifierError, load_classifier
 from distdiff.data import DatasetError, dataset_slug
 from distdiff.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.files import is_environment_error
-from distdiff.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, EnergyGuidance, GuideEnergy
+from distdiff.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, TRANSFORM_INITS, EnergyGuidance,
+                               GuideEnergy)
 from distdiff.images import ImageError
 from distdiff.latent_cache import LatentCache
 from distdiff.manifest import MANIFEST, ManifestError, summarize_manifest
@@ -83,6 +84,11 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                    help="prototype levels in the energy (the authors' flag; one level sets the other weight to 0)")
     p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default="transform",
                    help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
+    p.add_argument("--transform_init", choices=sorted(TRANSFORM_INITS), default="random",
+                   help="where transform guidance's per-channel (e, b) start: the paper's random draw, or the "
+                        "identity (an option of ours: no blind draw; docs/METHOD.md#transform-guidance)")
+    p.add_argument("--transform_iters", type=int, default=1,
+                   help="gradient steps on (e, b) at the guided step (the paper: 1; more is an option of ours)")
     p.add_argument("--no_transform_feature_norm", action="store_true",
                    help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
     p.add_argument("--raw_guide_input", action="store_true",
@@ -133,6 +139,8 @@ def validate(args: argparse.Namespace) -> None:
     if GUIDANCE[args.guidance] != "none":  # the guidance schedule flags are unused by plain SD
         check_schedule(steps=args.steps, guidance_step=args.guidance_step, guidance_period=args.guidance_period,
                        start=img2img_start_index(args.steps, args.strength, args.start_index))
+    if args.transform_iters < 1:
+        raise expansion.ExpansionError(f"--transform_iters must be at least 1, got {args.transform_iters}.")
     if not 0 <= args.split < args.total_split:
         raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
     use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
@@ -247,13 +255,15 @@ def run(args: argparse.Namespace) -> dict:
                                        f"{sd.vae_scale_factor}.")
     guidance = None if guidance_method == "none" else EnergyGuidance(
         method=guidance_method, guidance_step=args.guidance_step, period=args.guidance_period, rho=args.rho,
-        eps=args.constraint_value, normalize_transform=not args.no_transform_feature_norm)
+        eps=args.constraint_value, normalize_transform=not args.no_transform_feature_norm,
+        transform_init=args.transform_init, transform_iterations=args.transform_iters)
     params = {"dataset": args.dataset, "model": args.model, "resolution": resolution, "crop": args.crop,
               "dtype": str(sd.dtype).removeprefix("torch."), "strength": args.strength, "steps": args.steps,
               "guidance_scale": args.guidance_scale, "guidance": guidance_method, "guidance_step": args.guidance_step,
               "guidance_period": args.guidance_period, "rho": args.rho, "constraint_value": args.constraint_value,
               "K": args.K, "cluster": args.cluster, "gs": args.gs, "ls": args.ls,
               "optimize_targets": args.optimize_targets, "transform_feature_norm": not args.no_transform_feature_norm,
+              "transform_init": args.transform_init, "transform_iters": args.transform_iters,
               "raw_guide_input": args.raw_guide_input, "start_index": args.start_index, "seed": args.seed,
               "guide_checkpoint": (str(Path(args.guide_checkpoint).resolve()) if Path(args.guide_checkpoint).is_file()
                                    else None)}

@@ -135,6 +135,17 @@ def draw_transform(generators: Sequence[torch.Generator], channels: int) -> tupl
     return scale.view(-1, channels, 1, 1), bias.view(-1, channels, 1, 1)
 
 
+def identity_transform(generators: Sequence[torch.Generator], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale e = 0 and bias b = 0, [B, channels, 1, 1]: start at z_t itself, drawing nothing."""
+    zeros = torch.zeros(len(generators), channels, 1, 1)
+    return zeros, zeros.clone()
+
+
+# Where the transform's (e, b) start: the paper's random draw, or the identity (an option of ours: the draw
+# alone pushes most latent elements onto the eps ball, blind to the energy; docs/METHOD.md#transform-guidance).
+TRANSFORM_INITS = {"random": draw_transform, "identity": identity_transform}
+
+
 def apply_transform(latents: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """(1 + e) * z + b, computed in float32 and returned in the latents' dtype."""
     return ((1.0 + scale) * latents.float() + bias).to(latents.dtype)
@@ -159,27 +170,32 @@ class TransformStep:
     latents: torch.Tensor  # guided z_t, within eps of the input
     scale: torch.Tensor  # initial e
     bias: torch.Tensor  # initial b
-    new_scale: torch.Tensor  # e' = e - rho * dE/de
+    new_scale: torch.Tensor  # e' = e - rho * dE/de (after every iteration)
     new_bias: torch.Tensor  # b' = b - rho * dE/db
     energy: float  # look-ahead energy at (e, b), mean over the batch
 
 
 def transform_guidance(latents: torch.Tensor, timesteps: Sequence[torch.Tensor], *, denoise: Denoise,
                        image_energy: ImageEnergy, generators: Sequence[torch.Generator], rho: float = RHO,
-                       eps: float = EPS, normalize: bool = True) -> TransformStep:
-    """One gradient step on a per-channel scale/bias of z_t [B,C,h,w], then projection onto the eps ball."""
+                       eps: float = EPS, normalize: bool = True, init: str = "random",
+                       iterations: int = 1) -> TransformStep:
+    """`iterations` gradient steps on a per-channel scale/bias of z_t [B,C,h,w] started at `init`, then
+    projection onto the eps ball (the paper: one step from a random draw)."""
     latents = latents.detach()
-    scale, bias = draw_transform(generators, latents.shape[1])
-    scale = scale.to(latents.device).requires_grad_(True)
-    bias = bias.to(latents.device).requires_grad_(True)
-    with torch.enable_grad():
-        value = lookahead_energy(latents, scale, bias, timesteps, denoise=denoise, image_energy=image_energy,
-                                 normalize=normalize)
-        grad_scale, grad_bias = torch.autograd.grad(value * latents.shape[0], [scale, bias])
-    scale, bias = scale.detach(), bias.detach()
-    new_scale, new_bias = scale - rho * grad_scale, bias - rho * grad_bias
+    scale, bias = TRANSFORM_INITS[init](generators, latents.shape[1])
+    scale, bias = scale.to(latents.device), bias.to(latents.device)
+    new_scale, new_bias, energy = scale, bias, None
+    for _ in range(iterations):
+        current_scale = new_scale.detach().requires_grad_(True)
+        current_bias = new_bias.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = lookahead_energy(latents, current_scale, current_bias, timesteps, denoise=denoise,
+                                     image_energy=image_energy, normalize=normalize)
+            grad_scale, grad_bias = torch.autograd.grad(value * latents.shape[0], [current_scale, current_bias])
+        energy = float(value.detach()) if energy is None else energy  # the energy at the start, (e, b)
+        new_scale, new_bias = current_scale.detach() - rho * grad_scale, current_bias.detach() - rho * grad_bias
     guided = project_linf(apply_transform(latents, new_scale, new_bias), latents, eps)
-    return TransformStep(guided, scale, bias, new_scale, new_bias, float(value.detach()))
+    return TransformStep(guided, scale, bias, new_scale, new_bias, energy)
 
 
 def transform_step_stats(latents: torch.Tensor, step: TransformStep, *, eps: float) -> dict[str, torch.Tensor]:
@@ -232,10 +248,16 @@ class EnergyGuidance:
     rho: float = RHO
     eps: float = EPS
     normalize_transform: bool = True  # consistent choice; the authors' code does not normalise here
+    transform_init: str = "random"  # the paper's random (e, b) draw; "identity" is an option of ours
+    transform_iterations: int = 1  # the paper's single gradient step; more is an option of ours
 
     def __post_init__(self):
         if self.method not in GUIDANCE_METHODS:
             raise ValueError(f"unknown guidance method '{self.method}'; choose one of {GUIDANCE_METHODS}.")
+        if self.transform_init not in TRANSFORM_INITS:
+            raise ValueError(f"unknown transform init '{self.transform_init}'; choose one of {sorted(TRANSFORM_INITS)}.")
+        if self.transform_iterations < 1:
+            raise ValueError(f"--transform_iters must be at least 1, got {self.transform_iterations}.")
         check_settings(rho=self.rho, constraint_value=self.eps)
         check_period(guidance_step=self.guidance_step, guidance_period=self.period)
 
@@ -256,7 +278,8 @@ class EnergyGuidance:
         if self.method == "transform":
             step = transform_guidance(latents, timesteps[index:index + self.period], denoise=denoise,
                                       image_energy=image_energy, generators=generators, rho=self.rho,
-                                      eps=self.eps, normalize=self.normalize_transform)
+                                      eps=self.eps, normalize=self.normalize_transform, init=self.transform_init,
+                                      iterations=self.transform_iterations)
             logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
             return GuidanceOutput(step.latents, took_step=False,
                                   stats=transform_step_stats(latents, step, eps=self.eps))

@@ -304,3 +304,86 @@ def test_raw_input_direct_guidance_is_the_authors_rho_over_b_per_batch(authors_s
     assert (theirs - ours).abs().max().item() < 1e-5
     full, _ = direct_guidance(s["latents"], t, denoise=s["denoise"], image_energy=s["image_energy"], rho=10.0)
     assert (theirs - full).abs().max().item() > 1e-4
+
+
+def _linear_energy(weights: torch.Tensor):
+    """A hand-made energy E = sum_c w_c * mean(x0_c) per image (batch mean), with x0 = z: a known gradient."""
+    def image_energy(x0, normalize=True):
+        per_image = (x0.float().mean(dim=(2, 3)) * weights).sum(dim=1)
+        return per_image.mean(), per_image, per_image
+    return image_energy
+
+
+def _identity_denoise(z, t):
+    return z, z
+
+
+def test_identity_init_takes_gradient_steps_from_z_itself_and_iterates():
+    from distdiff.guidance import transform_guidance
+
+    z = torch.tensor([[[[0.5, -0.5]], [[0.2, 0.2]]]])  # [B=1, C=2, h=1, w=2]
+    w = torch.tensor([1.0, -2.0])
+    rho, eps = 0.1, 10.0  # a wide ball: the projection changes nothing
+    # dE/de_c = w_c * mean(z_c), dE/db_c = w_c; both constant in (e, b), so k steps move k times as far.
+    grad_scale = torch.tensor([1.0 * 0.0, -2.0 * 0.2]).view(1, 2, 1, 1)
+    grad_bias = w.view(1, 2, 1, 1)
+    for k in (1, 3):
+        step = transform_guidance(z, [torch.tensor(1)], denoise=_identity_denoise, image_energy=_linear_energy(w),
+                                  generators=[torch.Generator().manual_seed(0)], rho=rho, eps=eps,
+                                  init="identity", iterations=k)
+        assert torch.equal(step.scale, torch.zeros(1, 2, 1, 1)) and torch.equal(step.bias, torch.zeros(1, 2, 1, 1))
+        torch.testing.assert_close(step.new_scale, -k * rho * grad_scale)
+        torch.testing.assert_close(step.new_bias, -k * rho * grad_bias)
+        torch.testing.assert_close(step.latents, (1 - k * rho * grad_scale) * z - k * rho * grad_bias)
+        assert step.energy == pytest.approx(float((z.mean(dim=(2, 3)) * w).sum()))  # at the start: z itself
+    stats = transform_step_stats(z, step, eps=eps)
+    assert float(stats["move_draw"]) == 0.0  # nothing drawn: every move is the gradient's
+
+
+def test_random_init_with_one_iteration_is_the_papers_step_unchanged():
+    from distdiff.guidance import draw_transform, transform_guidance
+
+    torch.manual_seed(3)
+    z, w = torch.randn(2, 4, 3, 3), torch.randn(4)
+    generators = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]  # noqa: E731
+    step = transform_guidance(z, [torch.tensor(1)], denoise=_identity_denoise, image_energy=_linear_energy(w),
+                              generators=generators(), rho=10.0, eps=0.2)
+    scale, bias = draw_transform(generators(), 4)
+    assert torch.equal(step.scale, scale) and torch.equal(step.bias, bias)
+    # batch mean times B: each image's own gradient, w_c * mean(z_c) and w_c
+    torch.testing.assert_close(step.new_scale, scale - 10.0 * (w * z.mean(dim=(2, 3))).view(2, 4, 1, 1))
+    torch.testing.assert_close(step.new_bias, bias - 10.0 * w.view(1, 4, 1, 1).expand(2, 4, 1, 1))
+    torch.testing.assert_close(step.latents, project_linf(apply_transform(z, step.new_scale, step.new_bias), z, 0.2))
+
+
+def test_transform_options_are_checked_and_reach_the_hook():
+    with pytest.raises(ValueError, match="unknown transform init 'zero'"):
+        EnergyGuidance(transform_init="zero")
+    with pytest.raises(ValueError, match="at least 1"):
+        EnergyGuidance(transform_iterations=0)
+    import expand
+    from distdiff import expand_run
+
+    args = expand.parse_args(["-d", "digits", "--transform_init", "identity", "--transform_iters", "3"])
+    assert (args.transform_init, args.transform_iters) == ("identity", 3)
+    args.transform_iters = 0
+    expand_run.apply_dataset_defaults(args)
+    with pytest.raises(expand_run.expansion.ExpansionError, match="--transform_iters must be at least 1"):
+        expand_run.validate(args)
+
+
+def test_identity_init_reaches_the_sampler_end_to_end(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
+    import json
+
+    import expand
+
+    out = tmp_path / "out"
+    expand.main(expand.parse_args([
+        "-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+        "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2",
+        "--num_images_per_prompt", "1", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
+        "--transform_init", "identity", "--transform_iters", "2", "--num_threads", "1", "--no_report"]))
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["move_draw"] == 0.0 and r["move_grad"] > 0 for r in records)
+    config = json.loads((out / "expand_config.json").read_text())
+    assert (config["transform_init"], config["transform_iters"]) == ("identity", 2)

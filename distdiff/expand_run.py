@@ -89,6 +89,9 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                         "identity (an option of ours: no blind draw; docs/METHOD.md#transform-guidance)")
     p.add_argument("--transform_iters", type=int, default=1,
                    help="gradient steps on (e, b) at the guided step (the paper: 1; more is an option of ours)")
+    p.add_argument("--transform_resolution", type=int, default=1,
+                   help="transform guidance's scale/bias: one per latent channel (1, the paper) or an R x R field "
+                        "per channel, nearest-upsampled to the latent (an option of ours)")
     p.add_argument("--no_transform_feature_norm", action="store_true",
                    help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
     p.add_argument("--raw_guide_input", action="store_true",
@@ -139,8 +142,9 @@ def validate(args: argparse.Namespace) -> None:
     if GUIDANCE[args.guidance] != "none":  # the guidance schedule flags are unused by plain SD
         check_schedule(steps=args.steps, guidance_step=args.guidance_step, guidance_period=args.guidance_period,
                        start=img2img_start_index(args.steps, args.strength, args.start_index))
-    if args.transform_iters < 1:
-        raise expansion.ExpansionError(f"--transform_iters must be at least 1, got {args.transform_iters}.")
+    for flag in ("transform_iters", "transform_resolution"):
+        if getattr(args, flag) < 1:
+            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
     if not 0 <= args.split < args.total_split:
         raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
     use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
@@ -256,7 +260,8 @@ def run(args: argparse.Namespace) -> dict:
     guidance = None if guidance_method == "none" else EnergyGuidance(
         method=guidance_method, guidance_step=args.guidance_step, period=args.guidance_period, rho=args.rho,
         eps=args.constraint_value, normalize_transform=not args.no_transform_feature_norm,
-        transform_init=args.transform_init, transform_iterations=args.transform_iters)
+        transform_init=args.transform_init, transform_iterations=args.transform_iters,
+        transform_resolution=args.transform_resolution)
     params = {"dataset": args.dataset, "model": args.model, "resolution": resolution, "crop": args.crop,
               "dtype": str(sd.dtype).removeprefix("torch."), "strength": args.strength, "steps": args.steps,
               "guidance_scale": args.guidance_scale, "guidance": guidance_method, "guidance_step": args.guidance_step,
@@ -264,6 +269,7 @@ def run(args: argparse.Namespace) -> dict:
               "K": args.K, "cluster": args.cluster, "gs": args.gs, "ls": args.ls,
               "optimize_targets": args.optimize_targets, "transform_feature_norm": not args.no_transform_feature_norm,
               "transform_init": args.transform_init, "transform_iters": args.transform_iters,
+              "transform_resolution": args.transform_resolution,
               "raw_guide_input": args.raw_guide_input, "start_index": args.start_index, "seed": args.seed,
               "guide_checkpoint": (str(Path(args.guide_checkpoint).resolve()) if Path(args.guide_checkpoint).is_file()
                                    else None)}

@@ -128,16 +128,19 @@ def project_linf(latents: torch.Tensor, center: torch.Tensor, eps: float) -> tor
     return torch.where(outside, torch.nextafter(projected, center), projected)
 
 
-def draw_transform(generators: Sequence[torch.Generator], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image initial scale e ~ U(0,1) and bias b ~ N(0,1), each [B, channels, 1, 1] float32 on CPU."""
-    scale = torch.stack([torch.rand(channels, generator=g) for g in generators])
-    bias = torch.stack([torch.randn(channels, generator=g) for g in generators])
-    return scale.view(-1, channels, 1, 1), bias.view(-1, channels, 1, 1)
+def draw_transform(generators: Sequence[torch.Generator], channels: int, resolution: int = 1
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image initial scale e ~ U(0,1) and bias b ~ N(0,1), each [B, channels, r, r] float32 on CPU."""
+    size = channels * resolution * resolution
+    scale = torch.stack([torch.rand(size, generator=g) for g in generators])
+    bias = torch.stack([torch.randn(size, generator=g) for g in generators])
+    return scale.view(-1, channels, resolution, resolution), bias.view(-1, channels, resolution, resolution)
 
 
-def identity_transform(generators: Sequence[torch.Generator], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale e = 0 and bias b = 0, [B, channels, 1, 1]: start at z_t itself, drawing nothing."""
-    zeros = torch.zeros(len(generators), channels, 1, 1)
+def identity_transform(generators: Sequence[torch.Generator], channels: int, resolution: int = 1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale e = 0 and bias b = 0, [B, channels, r, r]: start at z_t itself, drawing nothing."""
+    zeros = torch.zeros(len(generators), channels, resolution, resolution)
     return zeros, zeros.clone()
 
 
@@ -147,7 +150,14 @@ TRANSFORM_INITS = {"random": draw_transform, "identity": identity_transform}
 
 
 def apply_transform(latents: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(1 + e) * z + b, computed in float32 and returned in the latents' dtype."""
+    """(1 + e) * z + b, computed in float32 and returned in the latents' dtype.
+
+    e and b are [B, C, 1, 1] (the paper's per-channel transform, broadcast) or a coarser field
+    [B, C, r, r], upsampled to z's [h, w] by nearest neighbour (each cell covers a block of z).
+    """
+    if scale.shape[-2:] != (1, 1):
+        scale = F.interpolate(scale, size=latents.shape[-2:], mode="nearest")
+        bias = F.interpolate(bias, size=latents.shape[-2:], mode="nearest")
     return ((1.0 + scale) * latents.float() + bias).to(latents.dtype)
 
 
@@ -165,10 +175,10 @@ def lookahead_energy(latents: torch.Tensor, scale: torch.Tensor, bias: torch.Ten
 
 @dataclass
 class TransformStep:
-    """Result of one transform-guidance update; scale/bias tensors are [B, C, 1, 1]."""
+    """Result of one transform-guidance update; scale/bias tensors are [B, C, 1, 1] (or [B, C, r, r])."""
 
     latents: torch.Tensor  # guided z_t, within eps of the input
-    scale: torch.Tensor  # initial e
+    scale: torch.Tensor  # initial e, [B, C, 1, 1] or [B, C, r, r]
     bias: torch.Tensor  # initial b
     new_scale: torch.Tensor  # e' = e - rho * dE/de (after every iteration)
     new_bias: torch.Tensor  # b' = b - rho * dE/db
@@ -178,11 +188,12 @@ class TransformStep:
 def transform_guidance(latents: torch.Tensor, timesteps: Sequence[torch.Tensor], *, denoise: Denoise,
                        image_energy: ImageEnergy, generators: Sequence[torch.Generator], rho: float = RHO,
                        eps: float = EPS, normalize: bool = True, init: str = "random",
-                       iterations: int = 1) -> TransformStep:
-    """`iterations` gradient steps on a per-channel scale/bias of z_t [B,C,h,w] started at `init`, then
-    projection onto the eps ball (the paper: one step from a random draw)."""
+                       iterations: int = 1, resolution: int = 1) -> TransformStep:
+    """`iterations` gradient steps on a scale/bias of z_t [B,C,h,w] (per channel, or an r x r field per
+    channel) started at `init`, then projection onto the eps ball (the paper: one per-channel step from a
+    random draw)."""
     latents = latents.detach()
-    scale, bias = TRANSFORM_INITS[init](generators, latents.shape[1])
+    scale, bias = TRANSFORM_INITS[init](generators, latents.shape[1], resolution)
     scale, bias = scale.to(latents.device), bias.to(latents.device)
     new_scale, new_bias, energy = scale, bias, None
     for _ in range(iterations):
@@ -250,6 +261,7 @@ class EnergyGuidance:
     normalize_transform: bool = True  # consistent choice; the authors' code does not normalise here
     transform_init: str = "random"  # the paper's random (e, b) draw; "identity" is an option of ours
     transform_iterations: int = 1  # the paper's single gradient step; more is an option of ours
+    transform_resolution: int = 1  # the paper's per-channel (1 x 1) transform; an r x r field is an option of ours
 
     def __post_init__(self):
         if self.method not in GUIDANCE_METHODS:
@@ -258,6 +270,8 @@ class EnergyGuidance:
             raise ValueError(f"unknown transform init '{self.transform_init}'; choose one of {sorted(TRANSFORM_INITS)}.")
         if self.transform_iterations < 1:
             raise ValueError(f"--transform_iters must be at least 1, got {self.transform_iterations}.")
+        if self.transform_resolution < 1:
+            raise ValueError(f"--transform_resolution must be at least 1, got {self.transform_resolution}.")
         check_settings(rho=self.rho, constraint_value=self.eps)
         check_period(guidance_step=self.guidance_step, guidance_period=self.period)
 
@@ -279,7 +293,7 @@ class EnergyGuidance:
             step = transform_guidance(latents, timesteps[index:index + self.period], denoise=denoise,
                                       image_energy=image_energy, generators=generators, rho=self.rho,
                                       eps=self.eps, normalize=self.normalize_transform, init=self.transform_init,
-                                      iterations=self.transform_iterations)
+                                      iterations=self.transform_iterations, resolution=self.transform_resolution)
             logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
             return GuidanceOutput(step.latents, took_step=False,
                                   stats=transform_step_stats(latents, step, eps=self.eps))

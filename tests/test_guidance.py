@@ -382,8 +382,31 @@ def test_identity_init_reaches_the_sampler_end_to_end(tmp_path, tiny_sd_dir, dig
         "-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
         "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2",
         "--num_images_per_prompt", "1", "--steps", "4", "--guidance_step", "2", "--guidance_period", "1",
-        "--transform_init", "identity", "--transform_iters", "2", "--num_threads", "1", "--no_report"]))
+        "--transform_init", "identity", "--transform_iters", "2", "--transform_resolution", "2", "--num_threads", "1",
+        "--no_report"]))
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["move_draw"] == 0.0 and r["move_grad"] > 0 for r in records)
     config = json.loads((out / "expand_config.json").read_text())
-    assert (config["transform_init"], config["transform_iters"]) == ("identity", 2)
+    assert (config["transform_init"], config["transform_iters"], config["transform_resolution"]) == ("identity", 2, 2)
+
+
+def test_a_spatial_field_moves_each_block_of_the_latent_by_its_own_gradient():
+    z = torch.arange(16.0).view(1, 1, 4, 4) / 16  # [B=1, C=1, 4, 4]
+    w = torch.tensor([2.0])
+    rho, eps = 0.5, 10.0
+    step = transform_guidance(z, [torch.tensor(1)], denoise=_identity_denoise, image_energy=_linear_energy(w),
+                              generators=[torch.Generator()], rho=rho, eps=eps, init="identity", resolution=2)
+    # E = w * mean(z~); a 2x2 field over a 4x4 latent: cell (i, j) scales the block z[2i:2i+2, 2j:2j+2], so
+    # dE/de_ij = w * sum(block) / 16 and dE/db_ij = w * 4 / 16.
+    blocks = z.view(1, 1, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).sum(dim=(-1, -2))
+    torch.testing.assert_close(step.new_scale, -rho * w * blocks / 16)
+    torch.testing.assert_close(step.new_bias, torch.full((1, 1, 2, 2), -rho * 2.0 * 4 / 16))
+    up = F.interpolate(step.new_scale, size=(4, 4), mode="nearest")
+    torch.testing.assert_close(step.latents, (1 + up) * z - rho * 2.0 * 4 / 16)
+    assert len(torch.unique(step.latents - z)) > 2  # unlike a per-channel transform, moves differ across blocks
+    e, b = draw_transform([torch.Generator().manual_seed(0)], 4, 3)
+    assert e.shape == b.shape == (1, 4, 3, 3)
+    e1, _ = draw_transform([torch.Generator().manual_seed(0)], 4)
+    torch.testing.assert_close(e1.flatten(), torch.rand(4, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="--transform_resolution must be at least 1"):
+        EnergyGuidance(transform_resolution=0)

@@ -26,7 +26,7 @@ IMAGEFOLDER = "imagefolder:"
 DEFAULT_SD_MODEL = "CompVis/stable-diffusion-v1-4"  # the paper's SD v1.4 (docs/METHOD.md#defaults)
 # The offline embedded model (scripts/train_tiny_sd.py), found from the repository, not the working directory.
 TINY_SD_DIGITS = str(Path(__file__).resolve().parents[1] / "checkpoint" / "tiny-sd-digits")
-# Not shipped yet: expand.py -d fashion-mnist without --model stops with a one-line error naming it.
+# Trained on the fashion-mnist pool by `python scripts/train_tiny_sd.py --dataset fashion-mnist`.
 TINY_SD_FASHION = str(Path(__file__).resolve().parents[1] / "checkpoint" / "tiny-sd-fashion")
 
 

@@ -300,3 +300,28 @@ def test_shipped_checkpoint_img2img_keeps_the_class(judge):
     source_pixels = np.stack([np.asarray(s) for s in sources]).astype(np.float32) / 255
     assert images.shape == (20, 32, 32, 3) and not np.allclose(images, source_pixels, atol=0.05)
     assert judge.accuracy(images, labels) >= IMG2IMG_MIN_FIDELITY
+
+
+# The shipped Fashion-MNIST model: checkpoint/tiny-sd-fashion/ (train_tiny_sd.py --dataset fashion-mnist).
+SHIPPED_FASHION = REPO / "checkpoint" / "tiny-sd-fashion"
+# scripts/eval_tiny_sd.py measured MAE 0.0222 on the 100 val images (docs/fashion_mnist.md); the
+# margin covers numeric differences across platforms, not a worse model.
+FASHION_VAE_MAX_MAE = 0.03
+
+
+def test_shipped_fashion_checkpoint_is_the_default_and_reconstructs_val():
+    from distdiff.data import DatasetError
+    from distdiff.registry import dataset_spec, load_dataset
+    from distdiff.tiny_sd_train import images_tensor
+
+    assert Path(dataset_spec("fashion-mnist").sd_model) == SHIPPED_FASHION  # expand.py -d fashion-mnist finds it
+    assert sum(p.stat().st_size for p in SHIPPED_FASHION.rglob("*") if p.is_file()) <= 20 * 2 ** 20
+    components = load_tiny_sd(SHIPPED_FASHION)
+    assert components["tokenizer"].tokenize("a photo of a pullover.")[-2:] == ["pullover</w>", ".</w>"]
+    assert default_resolution(components["unet"], components["vae"]) == 32
+    try:
+        val = load_dataset("fashion-mnist", "val")
+    except DatasetError as err:
+        pytest.skip(f"Fashion-MNIST files not installed: {err}")
+    error = vae_round_trip_error(components["vae"], images_tensor(val)[0])
+    assert error["num_images"] == 100 and error["mae"] < FASHION_VAE_MAX_MAE

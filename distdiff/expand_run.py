@@ -34,8 +34,8 @@ from distdiff.feature_spaces import add_feature_space_argument, chosen_spaces, r
 from distdiff.report import REPORT_JSON, build_report
 from distdiff.report_metrics import ReportError
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
-                               START_INDEX_FORMULAS, STEPS, STRENGTH, encode_prompts, img2img_start_index,
-                               load_stable_diffusion)
+                               START_INDEX_FORMULAS, STEPS, STRENGTH, encode_prompts, img2img_start_index)
+from distdiff.sd_loading import load_stable_diffusion
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from distdiff.pixel_judge import PixelJudge
 from distdiff.registry import load_dataset
 from distdiff.report import load_run
 from distdiff.report_metrics import copy_distances, fid_kid, guide_outputs
-from distdiff.sampling import decode_latents, encode_latent_dist, image_to_tensor, load_stable_diffusion, to_unit_range
+from distdiff.sampling import decode_latents, encode_latent_dist, image_to_tensor, to_unit_range
+from distdiff.sd_loading import load_stable_diffusion
 
 BATCH_SIZE = 64
 

@@ -17,7 +17,7 @@ import pytest
 
 from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
 from distdiff.prototypes import Prototypes
-from distdiff.sampling import load_stable_diffusion
+from distdiff.sd_loading import load_stable_diffusion
 from distdiff.tiny_sd import save_tiny_sd
 
 NUM_CLASSES = 10  # the digits

@@ -10,8 +10,8 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
 import expand
 from distdiff.guidance import EnergyGuidance, GuideEnergy
-from distdiff.sampling import (ModelLoadError, encode_prompts, from_components, generate_batch, load_stable_diffusion,
-                               make_generators)
+from distdiff.sampling import encode_prompts, from_components, generate_batch, make_generators
+from distdiff.sd_loading import ModelLoadError, load_stable_diffusion
 from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tiny_sd, save_components
 
 PROMPTS = [f"a photo of the digit {d}." for d in range(10)]

@@ -13,8 +13,8 @@ import expand
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.registry import load_dataset
 from distdiff.sampling import (ENERGY_KEYS, RECORD_KEYS, encode_latent_dist, encode_prompts, generate_batch, image_seed,
-                               image_to_tensor, img2img_start_index, load_stable_diffusion, make_generators,
-                               resolve_dtype)
+                               image_to_tensor, img2img_start_index, make_generators, resolve_dtype)
+from distdiff.sd_loading import load_stable_diffusion
 
 PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
 

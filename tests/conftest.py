@@ -38,6 +38,17 @@ class TinyGuide(nn.Module):
         return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:]}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory):
     """A random tiny SD saved in diffusers' folder format (32 px images, 16x16x4 latents)."""

@@ -118,18 +118,6 @@ def test_bad_arch_and_pretrained_smallcnn_are_rejected():
         build_classifier("smallcnn", 3, pretrained=True)
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a network connection was attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 def _photo(name: str) -> torch.Tensor:
     """One of scikit-image's bundled photographs as EfficientNet-Lite0's input [1,3,224,224] in [-1, 1]."""
     from PIL import Image

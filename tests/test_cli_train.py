@@ -132,16 +132,10 @@ def test_seed_scripts_run_seeds_1_2_3_with_the_arguments_passed_on(tmp_path, scr
     assert calls == [" ".join([target, *positional, "--seed", str(seed), "--epochs", "3"]) for seed in (1, 2, 3)]
 
 
-def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights_offline(tmp_path, monkeypatch):
-    import socket
-
+def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights_offline(tmp_path, no_network):
     from distdiff.experiment import image_settings
     from distdiff.packaged_weights import efficientnet_lite0_state_dict
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a network connection was attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
     argv = ["digits", "efficientnet_lite0", "1e-9", "True", "0", "--output_root", str(tmp_path)] + FAST
     assert image_settings(train_original.parse_args(argv))[0] == 224  # the weights' resolution, not digits' 32
     train_original.main(train_original.parse_args(argv + ["--image_size", "32"]))  # 32 px keeps the test fast

@@ -1,7 +1,6 @@
 """Tests for distdiff.sampling: loading, the img2img loop against diffusers, seeds and batching."""
 
 import logging
-import socket
 
 import numpy as np
 import pytest
@@ -75,15 +74,6 @@ def test_loading_from_a_folder_gives_the_default_resolution(tiny_sd, tmp_path):
     assert tiny_sd.dtype == torch.float32
     with pytest.raises(OSError, match="--model"):
         load_stable_diffusion(str(tmp_path / "no-such-model"))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:]}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_local_files_only_loads_a_folder_and_refuses_an_uncached_hub_id_offline(tiny_sd_dir, no_network, tmp_path,

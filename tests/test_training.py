@@ -97,3 +97,16 @@ def test_a_lone_last_sample_is_dropped_for_batchnorm():
     data = torch.utils.data.TensorDataset(torch.zeros(65, 3), torch.zeros(65))
     assert len(training.make_loader(data, batch_size=64, shuffle=True, num_workers=0)) == 1
     assert len(training.make_loader(data, batch_size=64, shuffle=False, num_workers=0)) == 2
+
+
+def test_an_evaluation_set_is_transformed_once_into_the_same_tensors():
+    _, test = _digits(test_every=10)
+    cached = training.cached_eval_set(test)
+    assert isinstance(cached, torch.utils.data.TensorDataset) and len(cached) == len(test)
+    for i in (0, len(test) // 2, len(test) - 1):
+        image, label = test[i]
+        assert torch.equal(cached[i][0], image) and cached[i][1].item() == label
+    # one byte under the set's size: kept as it is, transformed every epoch
+    image_bytes = test[0][0].numel() * test[0][0].element_size()
+    assert training.cached_eval_set(test, max_bytes=image_bytes * len(test) - 1) is test
+    assert len(training.cached_eval_set(test.subset([]))) == 0

@@ -61,6 +61,23 @@ def best_on_validation(run_dirs: list[str | Path]) -> Path:
     return max(scored, key=lambda pair: pair[0])[1]  # max keeps the first of equal scores
 
 
+def higher_strength_on_validation(fidelity: dict[float, float], *, base: float, candidates: tuple[float, ...],
+                                  min_drop: float) -> tuple[float, str]:
+    """(strength, reason): the lowest of `candidates` whose label fidelity (on val) is at least `min_drop`
+    below the fidelity at `base`; the highest candidate when none drops that much."""
+    missing = [s for s in (base, *candidates) if s not in fidelity]
+    if missing or not candidates:
+        raise ValueError(f"label fidelity is needed at the base strength and at least one candidate; missing {missing}.")
+    for strength in sorted(candidates):
+        if fidelity[base] - fidelity[strength] >= min_drop - 1e-9:  # 0.95 - 0.90 is 0.0499... in floats
+            return strength, (f"fidelity {fidelity[strength]:.3f} at {strength:g} is {fidelity[base] - fidelity[strength]:.3f} "
+                              f"below {fidelity[base]:.3f} at {base:g} (rule: a drop of at least {min_drop:g})")
+    strongest = max(candidates)
+    return strongest, (f"no candidate's fidelity is {min_drop:g} below {fidelity[base]:.3f} at {base:g} "
+                       f"({', '.join(f'{s:g}: {fidelity[s]:.3f}' for s in sorted(candidates))}); the rule then takes "
+                       f"the strongest, {strongest:g}")
+
+
 def _seed_dirs(folder: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := SEED_DIR.fullmatch(p.name))]
     return sorted(found)

@@ -19,14 +19,10 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from distdiff.pixel_judge import PixelJudge, label_fidelity
+from distdiff.pixel_judge import JUDGE_PER_CLASS, PixelJudge, label_fidelity
 from distdiff.registry import DATASETS, dataset_spec, load_dataset
 from distdiff.tiny_sd import load_tiny_sd, vae_round_trip_error
 from distdiff.tiny_sd_train import images_tensor
-
-# Judge training images per class when --judge_per_class is not given (None: the whole pool). An
-# RBF-SVM on Fashion-MNIST's 59,800 pool images would take hours to fit; 1000 per class take ~1 min.
-JUDGE_PER_CLASS = {"fashion-mnist": 1000}
 
 
 def parse_args(argv=None):

@@ -23,7 +23,7 @@ import torch
 from distdiff.augment import eval_transform
 from distdiff.classifiers import load_classifier
 from distdiff.files import atomic_write_text
-from distdiff.pixel_judge import PixelJudge
+from distdiff.pixel_judge import JUDGE_PER_CLASS, PixelJudge
 from distdiff.registry import load_dataset
 from distdiff.report import load_run
 from distdiff.report_metrics import copy_distances, fid_kid, guide_outputs
@@ -72,7 +72,7 @@ def main(args):
     model, info = load_classifier(args.guide, "cpu")
     transform = eval_transform(info["image_size"], info["mean"], info["std"])
     train, held, pool = (load_dataset(args.dataset, s) for s in ("train", args.held_out, "pool"))
-    judge = PixelJudge(pool)
+    judge = PixelJudge(pool, max_per_class=JUDGE_PER_CLASS.get(args.dataset))
 
     def measure(dataset):
         features, predicted = guide_outputs(model, dataset.with_transform(transform), batch_size=BATCH_SIZE,

@@ -1,6 +1,7 @@
-"""The shifted-digits comparison table (docs/shift_benchmark.md) from what scripts/shift_comparison.sh wrote.
+"""A comparison table from what scripts/shift_comparison.sh or scripts/fashion_comparison.sh wrote.
 
-    python scripts/shift_table.py digits-shift-blur
+    python scripts/shift_table.py digits-shift-blur                 # docs/shift_benchmark.md
+    python scripts/shift_table.py fashion-mnist --layout fashion    # docs/fashion_mnist.md
 
 One markdown row per setting: test accuracy over seeds (mean ± sample std: the best epoch, the
 paper's metric, and the epoch val picked), then for each expansion its distance to held-out
@@ -28,8 +29,26 @@ SETTINGS = (("SD img2img", f"sd_{COPIES}x"), ("DistDiff class only", f"distdiff_
             ("direct guidance", f"distdiff_direct_{COPIES}x"),
             ("random transform alone (rho 0)", f"distdiff_rho0_{COPIES}x"))
 # row label | experiment folder under checkpoint/DATASET | expansion name
-ROWS = ((("original data", RUN, None), ("AutoAugment", run_name(ARCH, False, LR, "autoaugment"), None))
-        + tuple((label, f"{name}/{RUN}", name) for label, name in SETTINGS))
+BASELINES = (("original data", RUN, None), ("AutoAugment", run_name(ARCH, False, LR, "autoaugment"), None))
+ROWS = BASELINES + tuple((label, f"{name}/{RUN}", name) for label, name in SETTINGS)
+STRENGTH_CHOICE = "strength_choice.json"  # scripts/choose_strength.py's record of the higher strength
+
+
+def fashion_rows(results_dir: Path) -> tuple:
+    """scripts/fashion_comparison.sh's rows: the paper's strength, then the higher one chosen on val."""
+    high = _load_json(results_dir / STRENGTH_CHOICE, "fashion")["strength"]
+    settings = (("SD img2img, strength 0.5", f"sd_{COPIES}x"),
+                ("DistDiff class + group, 0.5", f"distdiff_{COPIES}x"),
+                (f"SD img2img, strength {high:g}", f"sd_{COPIES}x_s{high:g}"),
+                (f"DistDiff class + group, {high:g}", f"distdiff_{COPIES}x_s{high:g}"),
+                ("direct guidance, 0.5", f"distdiff_direct_{COPIES}x"),
+                ("random transform alone (rho 0), 0.5", f"distdiff_rho0_{COPIES}x"))
+    return BASELINES + tuple((label, f"{name}/{RUN}", name) for label, name in settings)
+
+
+# --layout: (rows of results/DATASET, the command that writes what the table reads)
+LAYOUTS = {"shift": (lambda results_dir: ROWS, "bash scripts/shift_comparison.sh {dataset} STRENGTH"),
+           "fashion": (fashion_rows, "bash scripts/fashion_comparison.sh")}
 INDEPENDENT = "efficientnet_lite0"  # the report's feature space the guide never saw (distdiff/feature_spaces.py)
 HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test, guide",
           "KID vs test (1e-3), guide", "FID vs test, EfficientNet-Lite0", "KID vs test (1e-3), EfficientNet-Lite0",
@@ -38,15 +57,16 @@ HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", help="a digits-shift-* dataset that scripts/shift_comparison.sh has run")
+    parser.add_argument("dataset", help="a dataset that scripts/shift_comparison.sh or fashion_comparison.sh has run")
+    parser.add_argument("--layout", default="shift", choices=sorted(LAYOUTS), help="which script's rows")
     parser.add_argument("--checkpoint_root", default="checkpoint", help="where the training runs are")
     parser.add_argument("--results_root", default="results", help="where the comparison's reports are")
     return parser.parse_args(argv)
 
 
-def _load_json(path: Path, dataset: str) -> dict:
+def _load_json(path: Path, layout: str, dataset: str = "DATASET") -> dict:
     if not path.is_file():
-        raise ValueError(f"{path} not found; run `bash scripts/shift_comparison.sh {dataset} STRENGTH` first "
+        raise ValueError(f"{path} not found; run `{LAYOUTS[layout][1].format(dataset=dataset)}` first "
                          f"(it resumes and writes it at the end).")
     return json.loads(path.read_text())
 
@@ -64,10 +84,11 @@ def _independent(report: dict, name: str) -> list[str]:
     return [f"{rows[0]['fid']:.2f}", f"{rows[0]['kid_mean'] * 1e3:.2f} ± {rows[0]['kid_std'] * 1e3:.2f}"]
 
 
-def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
+def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str = "shift") -> str:
     """The markdown table; raises ValueError naming what is missing."""
-    gap = _load_json(results_root / dataset / "gap_test.json", dataset)
-    report = _load_json(results_root / dataset / "comparison_report" / "report.json", dataset)
+    rows, command = LAYOUTS[layout][0](results_root / dataset), LAYOUTS[layout][1].format(dataset=dataset)
+    gap = _load_json(results_root / dataset / "gap_test.json", layout, dataset)
+    report = _load_json(results_root / dataset / "comparison_report" / "report.json", layout, dataset)
     gap_rows = {Path(r["name"]).name: r for r in gap["rows"]}
     yard = next(r for r in gap["rows"] if r["name"].startswith("yardstick"))
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -75,7 +96,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
                  f"{yard['kid_mean'] * 1e3:.2f} ± {yard['kid_std'] * 1e3:.2f} | "
                  f"{' | '.join(_independent(report, 'real train (yardstick)'))} | {yard['fidelity_judge']:.3f} | "
                  f"{yard['fidelity_guide']:.3f} | – | – | – | – |")
-    for label, folder, expansion in ROWS:
+    for label, folder, expansion in rows:
         summary = summarize_experiment(checkpoint_root / dataset / folder)
         acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
                for m in ("best_accuracy", "val_selected_accuracy")]
@@ -84,7 +105,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
         if expansion is not None:
             if expansion not in gap_rows:
                 raise ValueError(f"{expansion} is not in {results_root / dataset / 'gap_test.json'}; rerun "
-                                 f"`bash scripts/shift_comparison.sh {dataset} STRENGTH`.")
+                                 f"`{command}`.")
             g = gap_rows[expansion]
             energies = report["energies"].get(expansion, {})
             d_c = energies.get("D_c", {})
@@ -101,7 +122,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
 
 def main(args):
     with cli.user_errors("shift_table.py", (ValueError,)):
-        text = table(args.dataset, Path(args.checkpoint_root), Path(args.results_root))
+        text = table(args.dataset, Path(args.checkpoint_root), Path(args.results_root), args.layout)
     print(text)
     print("\n± is the sample standard deviation over seeds (ddof=1); distances in the guide's unit-norm features "
           "and in ImageNet EfficientNet-Lite0's pooled features, a space the guide never saw (read both against the "

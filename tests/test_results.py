@@ -3,7 +3,8 @@ import csv
 import pytest
 
 import parse_logs
-from distdiff.results import find_experiments, mean_std, read_results, summarize_experiment, write_results
+from distdiff.results import (find_experiments, higher_strength_on_validation, mean_std, read_results,
+                              summarize_experiment, write_results)
 
 
 def _write(folder, seed, best, final, val=None):
@@ -91,3 +92,13 @@ def test_best_on_validation_chooses_by_val_never_by_test(tmp_path):
         best_on_validation([tmp_path / "lr0.1"])
     with pytest.raises(ValueError, match="results.yaml not found; finish that run first"):
         best_on_validation([tmp_path / "missing"])
+
+
+def test_the_higher_strength_is_the_lowest_with_a_clear_fidelity_drop_else_the_strongest():
+    rule = {"base": 0.5, "candidates": (0.9, 0.7), "min_drop": 0.05}
+    assert higher_strength_on_validation({0.5: 0.95, 0.7: 0.90, 0.9: 0.80}, **rule)[0] == 0.7  # 0.05 drop counts
+    assert higher_strength_on_validation({0.5: 0.95, 0.7: 0.91, 0.9: 0.80}, **rule)[0] == 0.9
+    strength, reason = higher_strength_on_validation({0.5: 0.97, 0.7: 0.99, 0.9: 0.96}, **rule)
+    assert strength == 0.9 and "no candidate's fidelity" in reason and "0.7: 0.990" in reason
+    with pytest.raises(ValueError, match=r"missing \[0.9\]"):
+        higher_strength_on_validation({0.5: 0.9, 0.7: 0.8}, **rule)

@@ -98,21 +98,21 @@ def test_unseen_prompt_reaches_the_unet(tmp_path, monkeypatch, tiny_sd, tiny_sd_
         assert not any(torch.allclose(embeds[0], e) for e in digits)
 
 
-def _fake_comparison(root, dataset, *, drop=None):
+def _fake_comparison(root, dataset, *, drop=None, table_rows=shift_table.ROWS):
     """What scripts/shift_comparison.sh leaves behind, with made-up numbers: runs, gap_test.json, report.json."""
-    for index, (_, folder, expansion) in enumerate(shift_table.ROWS):
+    for index, (_, folder, expansion) in enumerate(table_rows):
         for seed in (1, 2, 3):
             run = root / "checkpoint" / dataset / folder / f"seed{seed}"
             run.mkdir(parents=True)
             write_results(run / "results.yaml", {"best_accuracy": 90.0 + index + seed,
                                                  "val_selected_accuracy": 80.0 + index, "final_accuracy": 1.0})
-    expansions = [e for _, _, e in shift_table.ROWS if e is not None and e != drop]
+    expansions = [e for _, _, e in table_rows if e is not None and e != drop]
     rows = [{"name": "yardstick: real train vs test", "fid": 0.0058, "kid_mean": -1e-4, "kid_std": 2e-4,
              "fidelity_judge": 0.98, "fidelity_guide": 1.0, "copy_to_source": None}]
     rows += [{"name": f"expanded/{dataset}/{e}", "fid": 0.01 * (i + 1), "kid_mean": 1e-3, "kid_std": 1e-4,
               "fidelity_judge": 0.9, "fidelity_guide": 0.8, "copy_to_source": 0.25} for i, e in enumerate(expansions)]
     out = root / "results" / dataset
-    (out / "comparison_report").mkdir(parents=True)
+    (out / "comparison_report").mkdir(parents=True, exist_ok=True)
     (out / "gap_test.json").write_text(json.dumps({"rows": rows}))
     energies = {e: {"D_c": {"status": "ok", "final": {"mean": 0.3}},
                     "step": {"eps_saturated": {"mean": 0.87, "n": 500}, "move_draw": {"mean": 0.18, "n": 500},
@@ -153,3 +153,19 @@ def test_shift_table_names_the_missing_input(tmp_path):
     _fake_comparison(tmp_path, "digits-shift-blur", drop="distdiff_direct_5x")
     with pytest.raises(ValueError, match="distdiff_direct_5x is not in"):
         shift_table.table("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results")
+
+
+def test_fashion_table_has_both_strengths_and_reads_the_choice_made_on_val(tmp_path):
+    out = tmp_path / "results" / "fashion-mnist"
+    with pytest.raises(ValueError, match="strength_choice.json not found; run `bash scripts/fashion_comparison.sh`"):
+        shift_table.table("fashion-mnist", tmp_path / "checkpoint", tmp_path / "results", "fashion")
+    out.mkdir(parents=True)
+    (out / shift_table.STRENGTH_CHOICE).write_text(json.dumps({"strength": 0.9}))
+    rows = shift_table.fashion_rows(out)
+    assert [e for _, _, e in rows] == [None, None, "sd_5x", "distdiff_5x", "sd_5x_s0.9", "distdiff_5x_s0.9",
+                                       "distdiff_direct_5x", "distdiff_rho0_5x"]
+    _fake_comparison(tmp_path, "fashion-mnist", table_rows=rows)
+    lines = shift_table.table("fashion-mnist", tmp_path / "checkpoint", tmp_path / "results", "fashion").splitlines()
+    assert len(lines) == 3 + len(rows)
+    assert lines[7].startswith("| SD img2img, strength 0.9 | 1,2,3 | 96.00 ± 1.00 | 84.00 ± 0.00 | 0.0300 |")
+    assert lines[8].startswith("| DistDiff class + group, 0.9 | 1,2,3 | 97.00 ± 1.00 | 85.00 ± 0.00 |")

@@ -1,12 +1,12 @@
 """Throughput of the DistDiff expansion: batched generation vs the paper's one-image-at-a-time path.
 
-Both paths call distdiff.sampling.generate_batch, the function expand.py runs, at the paper's
+Both paths call distdiff.pipeline.DistDiffImg2ImgPipeline as expand.py does, at the paper's
 settings (docs/METHOD.md#defaults: 512 px, DDIM 50 steps, strength 0.5, CFG 7.5, transform
 guidance, period 2, M 20) on Stable Diffusion v1.x components built at full size from their published configurations
 with random weights (timing does not depend on weight values; nothing is downloaded) and a
 randomly initialised ResNet-50 guide with random prototypes.
 
-- batched: B copies per generate_batch call, in --precision, no gradient checkpointing
+- batched: B copies per pipeline call, in --precision, no gradient checkpointing
   (optionally with a torch.compile'd UNet);
 - reference: one image and one copy per call, fp16 (fp32 on CPU), gradient checkpointing: how
   the paper's code runs.
@@ -41,10 +41,12 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier
 from distdiff.guidance import GUIDANCE_PERIOD, GUIDANCE_STEP, EnergyGuidance, GuideEnergy
+from distdiff.observers import EnergyRecorder
+from distdiff.pipeline import DistDiffImg2ImgPipeline, from_components
 from distdiff.prototypes import Prototypes
 from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, STEPS, STRENGTH, PromptEmbeddings,
-                               StableDiffusion, encode_latent_dist, encode_prompts, from_components,
-                               generate_batch, image_seed, img2img_start_index)
+                               encode_latent_dist, encode_prompts, image_seed, img2img_start_index,
+                               make_generators)
 from distdiff.files import atomic_write_text
 from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tokenizer
 from sd_configs import SD_V1_TEXT_ENCODER, SD_V1_UNET, SD_V1_VAE  # benchmarks/sd_configs.py, beside this script
@@ -140,7 +142,7 @@ def synchronize(device: torch.device) -> None:
 class Runner:
     """One generation path: SD on a device, the guide, cached prompt embeddings and source posteriors."""
 
-    sd: StableDiffusion
+    sd: DistDiffImg2ImgPipeline
     guide: GuideEnergy
     guidance: EnergyGuidance
     prompts: PromptEmbeddings
@@ -149,13 +151,15 @@ class Runner:
     encode_s_per_image: float = float("nan")
 
     def generate(self, indices: Sequence[int]) -> torch.Tensor:
-        """One generate_batch call for work items `indices` -> images [B, 3, R, R] in [0, 1] on CPU."""
+        """One pipeline call for work items `indices` -> images [B, 3, R, R] in [0, 1] on CPU (energies
+        recorded, as expand.py records them)."""
         pool = self.posteriors.shape[0]
         labels = torch.tensor([i % NUM_CLASSES for i in indices])
-        seeds = [image_seed(SEED, "benchmark", i) for i in indices]
-        result = generate_batch(self.sd, self.posteriors[[i % pool for i in indices]], labels, seeds,
-                                prompts=self.prompts, strength=STRENGTH, steps=self.steps,
-                                guidance_scale=GUIDANCE_SCALE, guidance=self.guidance, guide=self.guide)
+        generators = make_generators([image_seed(SEED, "benchmark", i) for i in indices])
+        result = self.sd(latent_params=self.posteriors[[i % pool for i in indices]], labels=labels,
+                         generator=generators, prompt_embeds=self.prompts, strength=STRENGTH,
+                         num_inference_steps=self.steps, guidance_scale=GUIDANCE_SCALE, guidance=self.guidance,
+                         guide=self.guide, observers=[EnergyRecorder(self.guide, labels)])
         return result.images
 
 

@@ -48,12 +48,13 @@ from tqdm import tqdm
 
 from distdiff.data import LabeledImages
 from distdiff.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
-from distdiff.guidance import EnergyGuidance, GuideEnergy
+from distdiff.guidance import Guidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
 from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, manifest_part, read_manifest, repair_manifest
 from distdiff.prototypes import PrototypeFileError, Prototypes
-from distdiff.sampling import (RECORD_KEYS, START_INDEX, PromptEmbeddings, StableDiffusion, generate_batch,
-                               image_seed)
+from distdiff.observers import RECORD_KEYS, EnergyRecorder
+from distdiff.pipeline import DistDiffImg2ImgPipeline
+from distdiff.sampling import START_INDEX, PromptEmbeddings, image_seed, make_generators
 
 logger = logging.getLogger(__name__)
 
@@ -329,9 +330,9 @@ def _emit(batch: list[WorkItem], held: dict[int, FileLock], remaining: dict[int,
         held.pop(source).release()
 
 
-def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
+def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, strength: float, steps: int,
-                  guidance_scale: float, guidance: EnergyGuidance | None, guide: GuideEnergy | None,
+                  guidance_scale: float, guidance: Guidance | None, guide: GuideEnergy | None,
                   batch_size: int, record_energy: bool = True, progress: bool = True,
                   start_index: str = START_INDEX, shard: int = 0, num_shards: int = 1) -> int:
     """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
@@ -349,17 +350,18 @@ def run_expansion(sd: StableDiffusion, dataset: LabeledImages, items: Sequence[W
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img",
               disable=not progress) as bar:
         for batch in _claimed_batches(out_dir, todo, batch_size):
-            result = generate_batch(
-                sd, cache.get(dataset, [it.source_index for it in batch]),
-                torch.tensor([it.label for it in batch]), [it.seed for it in batch], prompts=prompts,
-                strength=strength, steps=steps, guidance_scale=guidance_scale, guidance=guidance, guide=guide,
-                record_energy=record_energy, start_index=start_index)
+            labels = torch.tensor([it.label for it in batch])
+            observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
+            result = sd(latent_params=cache.get(dataset, [it.source_index for it in batch]), labels=labels,
+                        generator=make_generators([it.seed for it in batch]), prompt_embeds=prompts,
+                        strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
+                        guidance=guidance, guide=guide, observers=observers, start_index=start_index)
             records = []
             for k, it in enumerate(batch):
                 save_png_atomic(result.images[k], out_dir / it.image)
                 record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
                           "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
-                record.update({key: (result.energies[key][k] if key in result.energies else None)
+                record.update({key: (result.records[key][k] if key in result.records else None)
                                for key in RECORD_KEYS})
                 records.append(record)
             append_manifest(part, records)

@@ -1,9 +1,10 @@
 """Hierarchical energy guidance (docs/METHOD.md#energy, #transform-guidance, #direct-guidance).
 
 One energy, E = gs * D_c + ls * D_g, measured on images decoded from the predicted clean latent,
-drives both variants the way guided-diffusion hands a `cond_fn` to its sampler: the sampler owns
-the DDIM loop and calls an `EnergyGuidance` hook at the guided step(s), giving it a `denoise`
-function (one CFG + DDIM step) and an `image_energy` function (decode + guide + energy).
+drives both variants the way guided-diffusion hands a `cond_fn` to its sampler: the sampler
+(distdiff/pipeline.py) owns the DDIM loop and calls the named hooks of a `Guidance` at the guided
+step(s), with a StepContext holding a `denoise` function (one CFG + DDIM step) and an
+`image_energy` function (decode + guide + energy).
 
 - transform guidance (the paper's method): learn a per-channel scale and bias of z_t by one
   gradient step on the energy of `period` look-ahead DDIM steps, then keep z_t inside an
@@ -238,20 +239,75 @@ def direct_guidance(latents: torch.Tensor, t: torch.Tensor, *, denoise: Denoise,
 
 
 @dataclass
-class GuidanceOutput:
-    """What a guidance hook hands back: the (possibly changed) z_t, or z_{t-1} if it took the step itself."""
+class StepContext:
+    """What the sampler hands its guidance hooks and observers for one batch."""
 
-    latents: torch.Tensor
-    took_step: bool
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # of STEP_KEYS, each [B] (direct: move_grad only)
-
-
-GUIDANCE_METHODS = ("transform", "direct")
+    timesteps: torch.Tensor  # the whole DDIM schedule [T]
+    denoise: Denoise  # one CFG + DDIM step on this batch
+    image_energy: ImageEnergy | None  # decode + guide + energy on this batch (None without a guide)
+    generators: Sequence[torch.Generator]  # one per image
 
 
 @dataclass
-class EnergyGuidance:
-    """The sampler's hook: which schedule indices are guided and how (defaults: docs/METHOD.md#defaults)."""
+class GuidanceOutput:
+    """What a guidance hook hands back: z_t changed (before_step) or z_{t-1} (replace_step), with per-image stats."""
+
+    latents: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # of STEP_KEYS, each [B] (direct: move_grad only)
+
+
+class Guidance:
+    """A sampler's guidance, in the spirit of guided-diffusion's `cond_fn`: named hooks the loop calls.
+
+    At each schedule index where `applies_at` is true the sampler calls `before_step` (change z_t
+    before the step) and then `replace_step` (return z_{t-1} to take the step in the sampler's
+    place, or None to let the sampler step from the changed z_t). The defaults do nothing.
+    """
+
+    def applies_at(self, index: int, steps: int) -> bool:
+        """Whether the hooks run at schedule index `index` of `steps`."""
+        return False
+
+    def before_step(self, latents: torch.Tensor, index: int, ctx: StepContext) -> GuidanceOutput:
+        """z_t [B,C,h,w] as the step at `index` should see it."""
+        return GuidanceOutput(latents)
+
+    def replace_step(self, latents: torch.Tensor, index: int, ctx: StepContext) -> GuidanceOutput | None:
+        """z_{t-1} in place of the sampler's step from z_t at `index`, or None."""
+        return None
+
+
+def _transform_before_step(guidance: "EnergyGuidance", latents: torch.Tensor, index: int, ctx: StepContext
+                           ) -> GuidanceOutput:
+    step = transform_guidance(latents, ctx.timesteps[index:index + guidance.period], denoise=ctx.denoise,
+                              image_energy=ctx.image_energy, generators=ctx.generators, rho=guidance.rho,
+                              eps=guidance.eps, normalize=guidance.normalize_transform, init=guidance.transform_init,
+                              iterations=guidance.transform_iterations, resolution=guidance.transform_resolution)
+    logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
+    return GuidanceOutput(step.latents, transform_step_stats(latents, step, eps=guidance.eps))
+
+
+def _direct_replace_step(guidance: "EnergyGuidance", latents: torch.Tensor, index: int, ctx: StepContext
+                         ) -> GuidanceOutput:
+    previous, move = direct_guidance(latents, ctx.timesteps[index], denoise=ctx.denoise,
+                                     image_energy=ctx.image_energy, rho=guidance.rho)
+    return GuidanceOutput(previous, {"move_grad": move})
+
+
+# method -> {hook name: implementation}: transform guidance changes z_t before the sampler's step;
+# direct guidance takes the step itself, for `period` consecutive steps.
+GUIDANCE_HOOKS: dict[str, dict[str, Callable]] = {
+    "transform": {"before_step": _transform_before_step},
+    "direct": {"replace_step": _direct_replace_step},
+}
+# how many consecutive schedule indices each method guides, from its period
+GUIDED_STEPS: dict[str, Callable[[int], int]] = {"transform": lambda period: 1, "direct": lambda period: period}
+GUIDANCE_METHODS = tuple(GUIDANCE_HOOKS)
+
+
+@dataclass
+class EnergyGuidance(Guidance):
+    """The paper's energy guidance: which schedule indices are guided and how (defaults: docs/METHOD.md#defaults)."""
 
     method: str = "transform"
     guidance_step: int = GUIDANCE_STEP
@@ -264,7 +320,7 @@ class EnergyGuidance:
     transform_resolution: int = 1  # the paper's per-channel (1 x 1) transform; an r x r field is an option of ours
 
     def __post_init__(self):
-        if self.method not in GUIDANCE_METHODS:
+        if self.method not in GUIDANCE_HOOKS:
             raise ValueError(f"unknown guidance method '{self.method}'; choose one of {GUIDANCE_METHODS}.")
         if self.transform_init not in TRANSFORM_INITS:
             raise ValueError(f"unknown transform init '{self.transform_init}'; choose one of {sorted(TRANSFORM_INITS)}.")
@@ -280,23 +336,16 @@ class EnergyGuidance:
         return steps - self.guidance_step
 
     def applies_at(self, index: int, steps: int) -> bool:
-        """Whether the hook runs at schedule index `index` of `steps`."""
+        """Whether the hooks run at schedule index `index` of `steps`."""
         first = self.first_index(steps)
-        last = first if self.method == "transform" else first + self.period - 1
-        return first <= index <= last
+        return first <= index < first + GUIDED_STEPS[self.method](self.period)
 
-    def __call__(self, latents: torch.Tensor, index: int, timesteps: Sequence[torch.Tensor], *,
-                 denoise: Denoise, image_energy: ImageEnergy, generators: Sequence[torch.Generator]
-                 ) -> GuidanceOutput:
-        """Guide z_t at schedule index `index`."""
-        if self.method == "transform":
-            step = transform_guidance(latents, timesteps[index:index + self.period], denoise=denoise,
-                                      image_energy=image_energy, generators=generators, rho=self.rho,
-                                      eps=self.eps, normalize=self.normalize_transform, init=self.transform_init,
-                                      iterations=self.transform_iterations, resolution=self.transform_resolution)
-            logger.debug("transform guidance at index %d: look-ahead energy %.4f", index, step.energy)
-            return GuidanceOutput(step.latents, took_step=False,
-                                  stats=transform_step_stats(latents, step, eps=self.eps))
-        previous, move = direct_guidance(latents, timesteps[index], denoise=denoise, image_energy=image_energy,
-                                         rho=self.rho)
-        return GuidanceOutput(previous, took_step=True, stats={"move_grad": move})
+    def before_step(self, latents: torch.Tensor, index: int, ctx: StepContext) -> GuidanceOutput:
+        """Transform guidance: z_t moved toward the prototypes, within eps."""
+        hook = GUIDANCE_HOOKS[self.method].get("before_step")
+        return hook(self, latents, index, ctx) if hook else GuidanceOutput(latents)
+
+    def replace_step(self, latents: torch.Tensor, index: int, ctx: StepContext) -> GuidanceOutput | None:
+        """Direct guidance: the DDIM step with the energy gradient subtracted."""
+        hook = GUIDANCE_HOOKS[self.method].get("replace_step")
+        return hook(self, latents, index, ctx) if hook else None

@@ -25,12 +25,12 @@ from tqdm import tqdm
 
 from distdiff.data import LabeledImages, dataset_slug
 from distdiff.files import UnreadableFileError, atomic_torch_save, fitting_name, load_torch_file
-from distdiff.sampling import StableDiffusion, encode_latent_dist, image_to_tensor
+from distdiff.sampling import encode_latent_dist, image_to_tensor
 
 logger = logging.getLogger(__name__)
 
 
-def vae_fingerprint(sd: StableDiffusion) -> str:
+def vae_fingerprint(sd) -> str:
     """Hash of the VAE encoder's weights (the part that makes latents)."""
     digest = hashlib.sha256()
     modules = {"encoder": sd.vae.encoder, "quant_conv": getattr(sd.vae, "quant_conv", None)}
@@ -55,7 +55,7 @@ def source_fingerprint(dataset: LabeledImages, index: int) -> str:
 class LatentCache:
     """VAE posteriors [2C, h, w] of a dataset's images under `root/<model key>/<dataset>/<class>/<stem>.pt`."""
 
-    def __init__(self, root: str | Path, sd: StableDiffusion, *, model: str, resolution: int, crop: str,
+    def __init__(self, root: str | Path, sd, *, model: str, resolution: int, crop: str,
                  precision: str):
         model_id = str(Path(model).resolve()) if Path(model).is_dir() else model
         key = {"model": model_id, "resolution": resolution, "crop": crop, "precision": precision,

@@ -25,7 +25,7 @@ import numpy as np
 from filelock import FileLock
 
 from distdiff.files import atomic_write_text
-from distdiff.sampling import RECORD_KEYS
+from distdiff.observers import RECORD_KEYS
 
 logger = logging.getLogger(__name__)
 

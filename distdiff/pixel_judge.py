@@ -2,7 +2,8 @@
 
 The judge is an RBF-SVM on grayscale pixels (scikit-learn), independent of the project's own
 classifiers, so it can score images made with or without a guide. `label_fidelity` scores
-class-prompted txt2img images and img2img expansions made with diffusers' own SD pipelines.
+class-prompted txt2img images and img2img expansions made by the project's pipeline
+(distdiff/pipeline.py), unguided.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 from sklearn.svm import SVC
+
+from distdiff.pipeline import DistDiffImg2ImgPipeline
+from distdiff.sampling import image_seed, image_to_tensor, make_generators
 
 # Pool images per class a dataset's judge is fit on (absent: the whole pool). An RBF-SVM on
 # Fashion-MNIST's 59,800 pool images would take hours to fit; 1000 per class take about a minute.
@@ -60,28 +63,22 @@ def _dataset_array(dataset) -> np.ndarray:
     return np.stack([np.asarray(dataset.load_image(i)) for i in range(len(dataset))])
 
 
-def load_pipelines(path: str | Path, *, device: str | torch.device = "cpu"):
-    """diffusers' SD txt2img and img2img pipelines sharing the components of the folder at `path`."""
-    txt2img = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-    txt2img = txt2img.to(device)
-    txt2img.set_progress_bar_config(leave=False)
-    img2img = StableDiffusionImg2ImgPipeline(**txt2img.components, requires_safety_checker=False)
-    img2img.set_progress_bar_config(leave=False)
-    return txt2img, img2img
-
-
-def generate(pipeline, prompts: list[str], *, images: list | None = None, strength: float = 0.5,
-             num_inference_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
+def generate(pipe, class_prompts: list[str], labels: list[int], *, images: list | None = None,
+             strength: float = 0.5, num_inference_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
              batch_size: int = 100) -> np.ndarray:
-    """Images [N, H, W, 3] in [0, 1] for `prompts` (txt2img), or from `images` (PIL, img2img)."""
-    generator = torch.Generator().manual_seed(seed)
+    """Images [N, H, W, 3] in [0, 1] of classes `labels` [N] by a DistDiffImg2ImgPipeline: txt2img, or img2img
+    of PIL `images` [N]; image i has its own generator, seeded image_seed(seed, i), so batching does not matter."""
     outputs = []
-    for start in range(0, len(prompts), batch_size):
-        kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                  "generator": generator, "output_type": "np"}
+    for start in range(0, len(labels), batch_size):
+        index = range(start, min(start + batch_size, len(labels)))
+        source = None
         if images is not None:
-            kwargs.update(image=images[start:start + batch_size], strength=strength)
-        outputs.append(pipeline(prompts[start:start + batch_size], **kwargs).images)
+            source = torch.stack([image_to_tensor(images[i], resolution=pipe.default_resolution) for i in index])
+            source = source / 2.0 + 0.5
+        out = pipe(source, labels=[labels[i] for i in index], prompts=class_prompts,
+                   generator=make_generators([image_seed(seed, i) for i in index]), strength=strength,
+                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        outputs.append(out.images.permute(0, 2, 3, 1).numpy())
     return np.concatenate(outputs)
 
 
@@ -93,19 +90,18 @@ def label_fidelity(path: str | Path, judge: PixelJudge, classes: list[str], prom
 
     Defaults are the paper's: DDIM 50 steps, CFG 7.5, strength 0.5 (docs/METHOD.md#defaults).
     Returns accuracies and images; img2img ones as {strength: value}."""
-    txt2img, img2img = load_pipelines(path)
+    pipe = DistDiffImg2ImgPipeline.from_pretrained(str(path), precision="fp32")
+    class_prompts = [prompt_template.format(name) for name in classes]
     result = {}
     if per_class > 0:
         labels = [label for label in range(len(classes)) for _ in range(per_class)]
-        prompts = [prompt_template.format(classes[label]) for label in labels]
-        generated = generate(txt2img, prompts, num_inference_steps=num_inference_steps,
+        generated = generate(pipe, class_prompts, labels, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, seed=seed)
         result = {"txt2img": judge.accuracy(generated, labels), "txt2img_images": generated, "txt2img_labels": labels}
     if sources is not None:
         source_labels = sources.labels
-        source_prompts = [prompt_template.format(classes[label]) for label in source_labels]
         source_images = [sources.load_image(i) for i in range(len(sources))]
-        expanded = {strength: generate(img2img, source_prompts, images=source_images, strength=strength,
+        expanded = {strength: generate(pipe, class_prompts, source_labels, images=source_images, strength=strength,
                                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                        seed=seed)
                     for strength in strengths}

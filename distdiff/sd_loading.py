@@ -1,4 +1,4 @@
-"""Loading a Stable Diffusion model (hub id or local diffusers folder) into the sampler's StableDiffusion.
+"""Loading a Stable Diffusion model (hub id or local diffusers folder) into a DistDiffImg2ImgPipeline.
 
 The components are loaded one by one with diffusers/transformers (`X.from_pretrained(model,
 subfolder=...)`, the same call for a hub id and a local folder). SD 1.x (epsilon prediction) and
@@ -20,7 +20,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from distdiff.sampling import PRECISION, PRECISIONS, StableDiffusion, from_components, resolve_dtype
+from distdiff.pipeline import DistDiffImg2ImgPipeline, from_components
+from distdiff.sampling import PRECISION, PRECISIONS, resolve_dtype
 
 
 class ModelLoadError(OSError):
@@ -113,7 +114,8 @@ def check_model_family(model: str, hub: dict) -> None:
 
 
 def load_stable_diffusion(model: str, *, device: torch.device | str = "cpu", precision: str = PRECISION,
-                          gradient_checkpointing: bool = False, local_files_only: bool = False) -> StableDiffusion:
+                          gradient_checkpointing: bool = False, local_files_only: bool = False
+                          ) -> DistDiffImg2ImgPipeline:
     """Load SD 1.x/2.x components from a hub id or a local diffusers folder (same code path for both).
 
     A hub id is downloaded into the Hugging Face cache when it is not cached and the hub is

@@ -24,6 +24,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from distdiff.sd_loading import load_stable_diffusion
+
 logger = logging.getLogger(__name__)
 
 # SD v1's scheduler config (CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json), as a
@@ -239,18 +241,13 @@ def save_tiny_sd(output_dir: str | Path, *, seed: int = 0, preset: str = "tiny")
 
 
 def load_tiny_sd(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
-    """Load the components of a folder written by `save_tiny_sd` (or any SD v1 folder)."""
+    """The fp32 components (frozen, eval mode) of a folder written by `save_tiny_sd` (or any SD folder), loaded
+    as every SD model is (distdiff.sd_loading)."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} has no model_index.json; create the folder with scripts/make_tiny_sd.py "
                                 f"or scripts/train_tiny_sd.py.")
-    return {
-        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(device).eval(),
-        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae").to(device).eval(),
-        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder").to(device).eval(),
-        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
-    }
+    return load_stable_diffusion(str(path), device=device, precision="fp32").components
 
 
 @torch.no_grad()

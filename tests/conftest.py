@@ -16,6 +16,8 @@ from torch import nn
 import pytest
 
 from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
+from distdiff.observers import EnergyRecorder
+from distdiff.sampling import make_generators
 from distdiff.prototypes import Prototypes
 from distdiff.sd_loading import load_stable_diffusion
 from distdiff.tiny_sd import save_tiny_sd
@@ -47,6 +49,20 @@ def no_network(monkeypatch):
         raise AssertionError(f"network access attempted: {args[1:]}")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _generate(sd, latent_params, labels, seeds, *, prompts, steps=50, guide=None, record_energy=True, **kwargs):
+    """The pipeline called as expand.py calls it: posteriors [B,2C,h,w], one seed per image, and with a
+    guide an EnergyRecorder (records in .records)."""
+    observers = [EnergyRecorder(guide, labels)] if guide is not None and record_energy else []
+    return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds), prompt_embeds=prompts,
+              num_inference_steps=steps, guide=guide, observers=observers, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def generate():
+    """distdiff.pipeline's pipeline as expand.py calls it (see _generate)."""
+    return _generate
 
 
 @pytest.fixture(scope="session")

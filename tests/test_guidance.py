@@ -123,7 +123,7 @@ def setup(tiny_sd, tiny_guide, tiny_prototypes):
     tiny_sd.scheduler.set_timesteps(10)
     guide = GuideEnergy(tiny_guide, tiny_prototypes, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    return {"denoise": make_denoiser(tiny_sd, prompts, labels, guidance_scale=7.5),
+    return {"denoise": make_denoiser(tiny_sd, prompts, labels, scheduler=tiny_sd.scheduler, guidance_scale=7.5),
             "image_energy": make_image_energy(tiny_sd, guide, labels), "timesteps": tiny_sd.scheduler.timesteps,
             "latents": latents, "prompts": prompts, "guide": guide}
 
@@ -271,7 +271,7 @@ def authors_setup(tiny_sd, tiny_guide, tiny_prototypes):
     guide = GuideEnergy(tiny_guide, tiny_prototypes, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3, raw_input=True)
     return {"sd": tiny_sd, "guide": guide, "labels": labels, "timesteps": tiny_sd.scheduler.timesteps,
             "prompts": prompts,
-            "denoise": make_denoiser(tiny_sd, prompts, labels, guidance_scale=7.5),
+            "denoise": make_denoiser(tiny_sd, prompts, labels, scheduler=tiny_sd.scheduler, guidance_scale=7.5),
             "image_energy": make_image_energy(tiny_sd, guide, labels),
             "latents": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))}
 
@@ -283,7 +283,7 @@ def test_raw_input_transform_guidance_is_the_authors_per_image_and_rho_over_b_pe
                               generators=make_generators([1, 2]), rho=10.0, eps=0.2, normalize=False)
     for i in range(2):  # the authors' batch size 1
         one = slice(i, i + 1)
-        denoise = make_denoiser(s["sd"], s["prompts"], s["labels"][one], guidance_scale=7.5)
+        denoise = make_denoiser(s["sd"], s["prompts"], s["labels"][one], scheduler=s["sd"].scheduler, guidance_scale=7.5)
         alone = _authors_transform(s["sd"], s["guide"], denoise, s["latents"][one], look, s["labels"][one],
                                    ours.scale[one], ours.bias[one], rho=10.0, eps=0.2)
         assert (alone - ours.latents[one]).abs().max().item() < 1e-5

@@ -1,6 +1,7 @@
 """Model families and damaged model folders: SD 1.x (epsilon) and SD 2.x (v-prediction) drive the guided
 img2img loop with the scheduler's x0; other pipelines and damaged files are refused in one line."""
 
+import dataclasses
 import json
 import shutil
 
@@ -10,7 +11,8 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
 import expand
 from distdiff.guidance import EnergyGuidance, GuideEnergy
-from distdiff.sampling import encode_prompts, from_components, generate_batch, make_generators
+from distdiff.pipeline import from_components
+from distdiff.sampling import encode_prompts, make_generators
 from distdiff.sd_loading import ModelLoadError, load_stable_diffusion
 from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tiny_sd, save_components
 
@@ -38,19 +40,18 @@ def v_sd_dir(tmp_path_factory):
 class RecordingGuidance(EnergyGuidance):
     """Direct guidance with rho 0 that records z_t, t and every x0 latent handed to the energy."""
 
-    def __call__(self, latents, index, timesteps, *, denoise, image_energy, generators):
-        self.seen = {"z": latents.clone(), "t": timesteps[index], "x0": []}
+    def replace_step(self, latents, index, ctx):
+        self.seen = {"z": latents.clone(), "t": ctx.timesteps[index], "x0": []}
 
         def recording(x0, normalize=True):
             self.seen["x0"].append(x0.detach().clone())
-            return image_energy(x0, normalize=normalize)
+            return ctx.image_energy(x0, normalize=normalize)
 
-        return super().__call__(latents, index, timesteps, denoise=denoise, image_energy=recording,
-                                generators=generators)
+        return super().replace_step(latents, index, dataclasses.replace(ctx, image_energy=recording))
 
 
 @pytest.mark.parametrize("prediction_type", sorted(X0_FORMULAS))
-def test_energy_sees_the_x0_of_the_models_parameterisation(prediction_type, tiny_guide, tiny_prototypes):
+def test_energy_sees_the_x0_of_the_models_parameterisation(prediction_type, tiny_guide, tiny_prototypes, generate):
     sd = from_components(tiny_components(prediction_type))
     assert sd.scheduler.config.prediction_type == prediction_type
     prompts = encode_prompts(sd, PROMPTS)
@@ -58,7 +59,7 @@ def test_energy_sees_the_x0_of_the_models_parameterisation(prediction_type, tiny
     labels = torch.tensor([3, 7])
     params = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     hook = RecordingGuidance(method="direct", guidance_step=3, period=1, rho=0.0)
-    generate_batch(sd, params, labels, [1, 2], prompts=prompts, strength=0.5, steps=6, guidance_scale=1.0,
+    generate(sd, params, labels, [1, 2], prompts=prompts, strength=0.5, steps=6, guidance_scale=1.0,
                    guide=guide, guidance=hook)
     z, t = hook.seen["z"], hook.seen["t"]
     with torch.no_grad():  # guidance scale 1: no CFG, the UNet's conditional output is the model output
@@ -70,7 +71,7 @@ def test_energy_sees_the_x0_of_the_models_parameterisation(prediction_type, tiny
     assert (x0 - X0_FORMULAS[other](z, out, abar)).abs().max() > 1e-2  # the test tells the two apart
 
 
-def test_v_prediction_loop_reproduces_diffusers_img2img_pipeline(v_sd_dir):
+def test_v_prediction_loop_reproduces_diffusers_img2img_pipeline(v_sd_dir, generate):
     sd = load_stable_diffusion(str(v_sd_dir), precision="fp32", local_files_only=True)
     assert sd.scheduler.config.prediction_type == "v_prediction"
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -82,7 +83,7 @@ def test_v_prediction_loop_reproduces_diffusers_img2img_pipeline(v_sd_dir):
     expected = pipe(prompt=[PROMPTS[int(c)] for c in labels], image=images, strength=0.5, num_inference_steps=6,
                     guidance_scale=7.5, generator=make_generators([5, 6]), output_type="pt").images
     params = torch.cat([sd.vae.encode(images[i:i + 1] * 2 - 1).latent_dist.parameters for i in range(2)]).detach()
-    ours = generate_batch(sd, params, labels, [5, 6], prompts=encode_prompts(sd, PROMPTS), strength=0.5, steps=6,
+    ours = generate(sd, params, labels, [5, 6], prompts=encode_prompts(sd, PROMPTS), strength=0.5, steps=6,
                           guidance_scale=7.5).images
     assert (ours - expected).abs().max().item() < 1e-4
 

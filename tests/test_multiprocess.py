@@ -28,7 +28,7 @@ from distdiff.classifiers import load_classifier
 from distdiff.data import LabeledImages, Sample
 from distdiff.manifest import MANIFEST, manifest_files, read_manifest
 from distdiff.registry import load_dataset
-from distdiff.sampling import BatchResult
+from distdiff.pipeline import DistDiffOutput
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -95,9 +95,9 @@ class NoCache:
         return torch.zeros(len(indices), 8, 2, 2)
 
 
-def seeded_images(sd, latents, labels, seeds, **kwargs):
-    """A stand-in for generate_batch: an 8x8 image drawn from each image's own seed, so bytes identify the image."""
-    return BatchResult(torch.stack([torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds]))
+def seeded_images(*, generator, **kwargs):
+    """A stand-in for the pipeline: an 8x8 image drawn from each image's own generator, so bytes identify the image."""
+    return DistDiffOutput(torch.stack([torch.rand(3, 8, 8, generator=g) for g in generator]))
 
 
 def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_path, monkeypatch):
@@ -108,7 +108,6 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
     work_list = expansion.work_items(dataset, sources, num_copies=4, seed=7)
     assert len(work_list) == 640
     out, report = tmp_path / "out", tmp_path / "out" / "report.json"
-    monkeypatch.setattr(expansion, "generate_batch", seeded_images)
     real_append, appends = expansion.append_manifest, []
 
     def append_or_die(path, records):
@@ -124,7 +123,7 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
         mine = set(expansion.shard_sources(sources, shard=shard, num_shards=num_shards))
         items = [it for it in work_list if it.source_index in mine]
         written = expansion.run_expansion(
-            None, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={}, strength=0.5, steps=4,
+            seeded_images, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={}, strength=0.5, steps=4,
             guidance_scale=1.0, guidance=None, guide=None, batch_size=4, record_energy=False, progress=False,
             shard=shard, num_shards=num_shards)
         turn = expansion.report_due(out, work_list, report=report, made_images=written > 0)

@@ -23,7 +23,7 @@ from distdiff.packaged_weights import MISSING_PACKAGE
 from distdiff.report import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
 from distdiff.report_html import fmt, seeded_sources
 from distdiff.report_metrics import ReportError, fid_kid, label_fidelity
-from distdiff.sampling import ENERGY_KEYS
+from distdiff.observers import ENERGY_KEYS
 from scripts import report as report_cli
 
 SOURCES_PER_CLASS = 2  # a tiny expansion: the first 2 train images of every class

@@ -1,4 +1,5 @@
-"""Tests for distdiff.sampling: loading, the img2img loop against diffusers, seeds and batching."""
+"""Tests for distdiff.sampling and the pipeline's loop (distdiff.pipeline): loading, the img2img loop against
+diffusers, seeds and batching."""
 
 import logging
 
@@ -11,7 +12,8 @@ from PIL import Image
 import expand
 from distdiff.guidance import EnergyGuidance, GuideEnergy
 from distdiff.registry import load_dataset
-from distdiff.sampling import (ENERGY_KEYS, RECORD_KEYS, encode_latent_dist, encode_prompts, generate_batch, image_seed,
+from distdiff.observers import ENERGY_KEYS, RECORD_KEYS
+from distdiff.sampling import (encode_latent_dist, encode_prompts, image_seed,
                                image_to_tensor, img2img_start_index, make_generators, resolve_dtype)
 from distdiff.sd_loading import load_stable_diffusion
 
@@ -57,11 +59,11 @@ def test_authors_start_index_is_one_step_earlier_at_strength_0_9_and_equal_at_0_
         assert img2img_start_index(50, strength, "authors") == img2img_start_index(50, strength) == index
 
 
-def test_authors_start_index_denoises_one_more_step(tiny_sd, digits, prompts):
+def test_authors_start_index_denoises_one_more_step(tiny_sd, digits, prompts, generate):
     """Of 10 steps at strength 0.9 the authors start at index 0 (as diffusers at 1.0), diffusers at 1."""
     params = encode_latent_dist(tiny_sd, digits[0][:1] * 2 - 1)
     common = {"prompts": prompts, "steps": 10}
-    run = {(s, f): generate_batch(tiny_sd, params, digits[1][:1], [3], strength=s, start_index=f, **common).images
+    run = {(s, f): generate(tiny_sd, params, digits[1][:1], [3], strength=s, start_index=f, **common).images
            for s, f in ((0.9, "authors"), (0.9, "diffusers"), (1.0, "diffusers"), (0.5, "authors"),
                         (0.5, "diffusers"))}
     assert torch.equal(run[0.9, "authors"], run[1.0, "diffusers"])
@@ -123,7 +125,7 @@ def test_image_seeds_are_stable_and_distinct():
     assert seed not in others and len(others) == 4
 
 
-def test_unguided_loop_reproduces_diffusers_img2img_pipeline(tiny_sd, digits, prompts):
+def test_unguided_loop_reproduces_diffusers_img2img_pipeline(tiny_sd, digits, prompts, generate):
     """Same components, inputs and per-image generators: equal up to float rounding (batched vs
     per-image VAE encoding), so the tolerance is 1e-4 on [0,1] pixels."""
     images, labels = digits[0][:2], digits[1][:2]
@@ -134,61 +136,61 @@ def test_unguided_loop_reproduces_diffusers_img2img_pipeline(tiny_sd, digits, pr
     expected = pipe(prompt=[PROMPTS[int(c)] for c in labels], image=images, strength=0.5, num_inference_steps=10,
                     guidance_scale=7.5, generator=make_generators([5, 6]), output_type="pt").images
     params = encode_latent_dist(tiny_sd, images * 2 - 1)
-    ours = generate_batch(tiny_sd, params, labels, [5, 6], prompts=prompts, strength=0.5, steps=10,
+    ours = generate(tiny_sd, params, labels, [5, 6], prompts=prompts, strength=0.5, steps=10,
                           guidance_scale=7.5).images
     assert ours.shape == expected.shape == (2, 3, 32, 32)
     assert (ours - expected).abs().max().item() < 1e-4
-    other_seeds = generate_batch(tiny_sd, params, labels, [7, 8], prompts=prompts, strength=0.5, steps=10,
+    other_seeds = generate(tiny_sd, params, labels, [7, 8], prompts=prompts, strength=0.5, steps=10,
                                  guidance_scale=7.5).images
     assert (other_seeds - expected).abs().max().item() > 1e-2
 
 
-def test_batch_size_does_not_change_guided_images(tiny_sd, digits, prompts, guide):
+def test_batch_size_does_not_change_guided_images(tiny_sd, digits, prompts, guide, generate):
     images, labels = digits
     params = encode_latent_dist(tiny_sd, images * 2 - 1)
     seeds = [10, 11, 12, 13]
     kwargs = {"prompts": prompts, "strength": 0.5, "steps": 6, "guide": guide,
               "guidance": EnergyGuidance(method="transform", guidance_step=3, period=2)}
-    together = generate_batch(tiny_sd, params, labels, seeds, **kwargs)
+    together = generate(tiny_sd, params, labels, seeds, **kwargs)
     for i in range(4):
-        alone = generate_batch(tiny_sd, params[i:i + 1], labels[i:i + 1], seeds[i:i + 1], **kwargs)
+        alone = generate(tiny_sd, params[i:i + 1], labels[i:i + 1], seeds[i:i + 1], **kwargs)
         assert (alone.images[0] - together.images[i]).abs().max().item() < 1e-5
         for key in ENERGY_KEYS:
-            assert alone.energies[key][0] == pytest.approx(together.energies[key][i], abs=1e-5)
+            assert alone.records[key][0] == pytest.approx(together.records[key][i], abs=1e-5)
 
 
-def test_energies_are_recorded_before_and_after_guidance(tiny_sd, digits, prompts, guide):
+def test_energies_are_recorded_before_and_after_guidance(tiny_sd, digits, prompts, guide, generate):
     images, labels = digits[0][:2], digits[1][:2]
     params = encode_latent_dist(tiny_sd, images * 2 - 1)
     common = {"prompts": prompts, "strength": 0.5, "steps": 6}
-    plain = generate_batch(tiny_sd, params, labels, [1, 2], guide=guide, **common)
-    assert sorted(plain.energies) == ["D_c_final", "D_g_final"]
-    assert generate_batch(tiny_sd, params, labels, [1, 2], **common).energies == {}
+    plain = generate(tiny_sd, params, labels, [1, 2], guide=guide, **common)
+    assert sorted(plain.records) == ["D_c_final", "D_g_final"]
+    assert generate(tiny_sd, params, labels, [1, 2], **common).records == {}
     for method in ("transform", "direct"):
-        guided = generate_batch(tiny_sd, params, labels, [1, 2], guide=guide,
+        guided = generate(tiny_sd, params, labels, [1, 2], guide=guide,
                                 guidance=EnergyGuidance(method=method, guidance_step=3, period=2, rho=10.0), **common)
         # the step's own measurements are recorded too (direct guidance has no draw or eps ball)
-        assert sorted(guided.energies) == sorted(RECORD_KEYS if method == "transform" else ENERGY_KEYS + ("move_grad",))
-        assert all(len(v) == 2 and all(x > 0 for x in v) for v in guided.energies.values())
-        assert guided.energies["D_c_before"] != guided.energies["D_c_after"]
+        assert sorted(guided.records) == sorted(RECORD_KEYS if method == "transform" else ENERGY_KEYS + ("move_grad",))
+        assert all(len(v) == 2 and all(x > 0 for x in v) for v in guided.records.values())
+        assert guided.records["D_c_before"] != guided.records["D_c_after"]
         # before guidance the batch is still the unguided trajectory
         assert not torch.allclose(guided.images, plain.images)
 
 
-def test_direct_guidance_with_rho_zero_reproduces_unguided_images(tiny_sd, digits, prompts, guide):
+def test_direct_guidance_with_rho_zero_reproduces_unguided_images(tiny_sd, digits, prompts, guide, generate):
     images, labels = digits[0][:2], digits[1][:2]
     params = encode_latent_dist(tiny_sd, images * 2 - 1)
     common = {"prompts": prompts, "strength": 0.5, "steps": 6, "guide": guide}
-    plain = generate_batch(tiny_sd, params, labels, [1, 2], **common)
-    zero = generate_batch(tiny_sd, params, labels, [1, 2], guidance=EnergyGuidance(method="direct", guidance_step=3,
+    plain = generate(tiny_sd, params, labels, [1, 2], **common)
+    zero = generate(tiny_sd, params, labels, [1, 2], guidance=EnergyGuidance(method="direct", guidance_step=3,
                                                                                    period=2, rho=0.0), **common)
     assert torch.equal(zero.images, plain.images)
 
 
-def test_guided_step_must_lie_inside_the_img2img_window(tiny_sd, digits, prompts, guide):
+def test_guided_step_must_lie_inside_the_img2img_window(tiny_sd, digits, prompts, guide, generate):
     params = encode_latent_dist(tiny_sd, digits[0][:1] * 2 - 1)
     with pytest.raises(ValueError, match="lower --guidance_step or raise --strength"):
-        generate_batch(tiny_sd, params, digits[1][:1], [0], prompts=prompts, strength=0.5, steps=10, guide=guide,
+        generate(tiny_sd, params, digits[1][:1], [0], prompts=prompts, strength=0.5, steps=10, guide=guide,
                        guidance=EnergyGuidance(guidance_step=6, period=2))
-    with pytest.raises(ValueError, match="one label and one seed per latent"):
-        generate_batch(tiny_sd, params, digits[1][:1], [0, 1], prompts=prompts)
+    with pytest.raises(ValueError, match="one generator per image: 1 labels, 2 generators"):
+        generate(tiny_sd, params, digits[1][:1], [0, 1], prompts=prompts)

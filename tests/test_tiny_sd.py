@@ -12,6 +12,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipel
                        UNet2DConditionModel)
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from distdiff.pipeline import DistDiffImg2ImgPipeline
 from distdiff.sampling import default_resolution
 from distdiff.tiny_sd import (FASHION_WORDS, MODEL_MAX_LENGTH, PRESETS, SCHEDULER_CONFIG, VOCAB_WORDS, build_tiny_sd,
                               build_tokenizer, load_tiny_sd, save_tiny_sd, vae_round_trip_error)
@@ -276,11 +277,11 @@ def test_shipped_checkpoint_loads_like_sd(tmp_path):
 
 
 def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
-    from distdiff.pixel_judge import generate, load_pipelines
+    from distdiff.pixel_judge import generate
 
-    txt2img, _ = load_pipelines(SHIPPED)
+    pipe = DistDiffImg2ImgPipeline.from_pretrained(str(SHIPPED), precision="fp32")
     labels = [d for d in range(10) for _ in range(2)]
-    images = generate(txt2img, [DIGIT_PROMPTS[d] for d in labels], num_inference_steps=10, guidance_scale=7.5, seed=0)
+    images = generate(pipe, DIGIT_PROMPTS, labels, num_inference_steps=10, guidance_scale=7.5, seed=0)
     assert images.shape == (20, 32, 32, 3)
     assert judge.accuracy(images, labels) >= TXT2IMG_MIN_FIDELITY
     assert judge.accuracy(images, [(d + 1) % 10 for d in labels]) < 0.2  # not one digit for every prompt
@@ -288,14 +289,14 @@ def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
 
 def test_shipped_checkpoint_img2img_keeps_the_class(judge):
     from distdiff.registry import load_dataset
-    from distdiff.pixel_judge import generate, load_pipelines
+    from distdiff.pixel_judge import generate
 
-    _, img2img = load_pipelines(SHIPPED)
+    pipe = DistDiffImg2ImgPipeline.from_pretrained(str(SHIPPED), precision="fp32")
     train = load_dataset("digits", "train")
     index = [i for d in range(10) for i in [j for j, y in enumerate(train.labels) if y == d][:2]]
     sources = [train.load_image(i) for i in index]
     labels = [train.labels[i] for i in index]
-    images = generate(img2img, [train.prompt(y) for y in labels], images=sources, strength=0.5,
+    images = generate(pipe, [train.prompt(y) for y in range(10)], labels, images=sources, strength=0.5,
                       num_inference_steps=10, guidance_scale=7.5, seed=0)
     source_pixels = np.stack([np.asarray(s) for s in sources]).astype(np.float32) / 255
     assert images.shape == (20, 32, 32, 3) and not np.allclose(images, source_pixels, atol=0.05)

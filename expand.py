@@ -18,7 +18,7 @@ import argparse
 import logging
 
 from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
-from distdiff.expand_run import EXPAND_ERRORS, add_expand_arguments, run
+from distdiff.expand_run import ExpandConfig, add_expand_arguments, run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,9 +27,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_config(argv=None) -> ExpandConfig:
+    """The job's typed config from command-line flags."""
+    return cli.config_from_args(ExpandConfig, parse_args(argv))
+
+
 def main(args: argparse.Namespace) -> dict:
-    with cli.user_errors("expand.py", EXPAND_ERRORS):
-        result = run(args)
+    with cli.user_errors("expand.py"):
+        result = run(cli.config_from_args(ExpandConfig, args))
     rate = result["written"] / result["seconds"] if result["written"] else 0.0
     print(f"shard {result['shard']}: wrote {result['written']} of {result['images']} images to {result['output_dir']} "
           f"in {result['seconds']:.1f} s ({rate:.2f} images/s)")

@@ -11,6 +11,7 @@ experiment folders (folders holding seed<N>/results.yaml) and a markdown table i
 import argparse
 
 from distdiff import cli
+from distdiff.errors import UserError
 from distdiff.results import (find_experiments, format_experiment, markdown_table, plot_summaries, summarize_experiment,
                               write_csv)
 
@@ -25,11 +26,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    with cli.user_errors("parse_logs.py", (ValueError,)):
+    with cli.user_errors("parse_logs.py"):
         if args.multi:
             folders = find_experiments(args.path)
             if not folders:
-                raise ValueError(f"no experiment folders (with seed<N>/results.yaml) under {args.path}.")
+                raise UserError(f"no experiment folders (with seed<N>/results.yaml) under {args.path}.")
             summaries = [summarize_experiment(folder) for folder in folders]
             print(markdown_table(summaries, root=args.path))
             print("\n± is the sample standard deviation over seeds (ddof=1).")

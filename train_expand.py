@@ -12,7 +12,7 @@ import argparse
 import logging
 
 from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
-from distdiff.experiment import TRAIN_ERRORS, add_train_arguments, checkpoint_path, run_training
+from distdiff.experiment import RunConfig, add_train_arguments, checkpoint_path, run_training
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,11 +22,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict | None:
+    config = cli.config_from_args(RunConfig, args)
     if args.print_checkpoint:
-        print(checkpoint_path(args))
+        print(checkpoint_path(config))
         return None
-    with cli.user_errors("train_expand.py", TRAIN_ERRORS):
-        return run_training(args)
+    with cli.user_errors("train_expand.py"):
+        return run_training(config)
 
 
 if __name__ == "__main__":

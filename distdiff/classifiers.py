@@ -19,6 +19,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from distdiff.errors import UserError
 from distdiff.files import TORCH_LOAD_ERRORS, UnreadableFileError, atomic_torch_save, load_torch_file
 from distdiff.packaged_weights import MissingWeightsPackage, efficientnet_lite0_state_dict
 
@@ -33,7 +34,7 @@ IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 CHECKPOINT_NAME = "model_best.pth.tar"  # the name the paper's code (PyTorch ImageNet example) uses
 
 
-class ClassifierError(ValueError):
+class ClassifierError(UserError):
     """A classifier cannot be built or loaded (unknown arch, missing weights, bad checkpoint)."""
 
 

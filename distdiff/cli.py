@@ -10,6 +10,7 @@ working ones need, and one competing single-threaded job made expand.py 7.6x slo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402  (after the wait policy is set)
 
+from distdiff.errors import UserError  # noqa: E402
 from distdiff.files import describe_os_error, is_environment_error  # noqa: E402
 
 
@@ -55,9 +57,14 @@ def configure_threads(num_threads: int | None) -> int:
     return num_threads
 
 
+def config_from_args(cls, args: argparse.Namespace):
+    """The config dataclass `cls` from a script's parsed flags: each field from the flag of its name."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
 @contextmanager
-def user_errors(prog: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Turn `errors` (user mistakes) and refused writes (full disk, permissions) into one line, exit status 1.
+def user_errors(prog: str, errors: tuple[type[BaseException], ...] = (UserError,)) -> Iterator[None]:
+    """Turn `errors` (user mistakes: UserError) and refused writes (full disk, permissions) into one line, exit 1.
 
     Anything else is a bug of ours and keeps its full traceback.
     """

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from distdiff.errors import UserError
 from distdiff.images import open_image
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ DEFAULT_PROMPT = "a photo of a {}."  # the paper's class prompt (docs/METHOD.md#
 SPLITS = ("train", "val", "test", "pool")  # pool: digits and fashion-mnist only, a generator's training images
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset is missing, malformed, or asked for a split it does not have."""
 
 

@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,6 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distdiff.data import LabeledImages
+from distdiff.errors import UserError
 from distdiff.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
 from distdiff.guidance import Guidance, GuideEnergy
 from distdiff.latent_cache import LatentCache
@@ -54,7 +55,7 @@ from distdiff.manifest import MANIFEST, ManifestReader, append_manifest, manifes
 from distdiff.prototypes import PrototypeFileError, Prototypes
 from distdiff.observers import RECORD_KEYS, EnergyRecorder
 from distdiff.pipeline import DistDiffImg2ImgPipeline
-from distdiff.sampling import START_INDEX, PromptEmbeddings, image_seed, make_generators
+from distdiff.sampling import PromptEmbeddings, SamplingConfig, image_seed, make_generators
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ CLAIMS = ".claims"  # per-source claim locks of the runs working in OUT
 REPORT_TURN = ".report-{digest}.taken"  # created (O_EXCL) by the one process that writes a finished work list's report
 
 
-class ExpansionError(ValueError):
+class ExpansionError(UserError):
     """An output folder or request that an expansion run cannot honour."""
 
 
@@ -331,10 +332,9 @@ def _emit(batch: list[WorkItem], held: dict[int, FileLock], remaining: dict[int,
 
 
 def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
-                  prompts: PromptEmbeddings, cache: LatentCache, params: dict, strength: float, steps: int,
-                  guidance_scale: float, guidance: Guidance | None, guide: GuideEnergy | None,
-                  batch_size: int, record_energy: bool = True, progress: bool = True,
-                  start_index: str = START_INDEX, shard: int = 0, num_shards: int = 1) -> int:
+                  prompts: PromptEmbeddings, cache: LatentCache, params: dict, sampling: SamplingConfig,
+                  guidance: Guidance | None, guide: GuideEnergy | None, batch_size: int, record_energy: bool = True,
+                  progress: bool = True, shard: int = 0, num_shards: int = 1) -> int:
     """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
 
     `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
@@ -354,8 +354,7 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
             observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
             result = sd(latent_params=cache.get(dataset, [it.source_index for it in batch]), labels=labels,
                         generator=make_generators([it.seed for it in batch]), prompt_embeds=prompts,
-                        strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
-                        guidance=guidance, guide=guide, observers=observers, start_index=start_index)
+                        guidance=guidance, guide=guide, observers=observers, **asdict(sampling))
             records = []
             for k, it in enumerate(batch):
                 save_png_atomic(result.images[k], out_dir / it.image)

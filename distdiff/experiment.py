@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch.utils.data import ConcatDataset
 
 from distdiff import data
 from distdiff.augment import AUGMENTS, eval_transform, train_transform
-from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, ClassifierError, build_classifier
+from distdiff.classifiers import ARCHS, CHECKPOINT_NAME, build_classifier
 from distdiff.cli import add_threads_argument, configure_threads
 from distdiff.images import ImageError
 from distdiff.registry import dataset_has_split, dataset_spec, load_dataset
@@ -37,8 +38,6 @@ MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's choices
 # the paper's guide is trained from scratch with lr 0.1 (docs/METHOD.md#defaults), seed 1 of 1 2 3.
 GUIDE_LR = 0.1
 GUIDE_SEED = 1
-# User mistakes the training scripts report as one line (refused writes: distdiff.cli.user_errors).
-TRAIN_ERRORS = (data.DatasetError, ClassifierError, TrainingError, ImageError)
 
 
 def parse_pretrained(text: str) -> bool:
@@ -75,9 +74,42 @@ def parse_exp(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: the arguments of train_original.py / train_expand.py, with the paper's defaults.
+
+    The optimisation defaults are TrainConfig's (distdiff/training.py, with their sources); None
+    means "the dataset's registry entry decides" (image size, flips).
+    """
+
+    dataset: str
+    arch: str
+    lr: float  # the paper: 0.1 from scratch
+    pretrained: bool
+    gpu: str = "0"
+    exp: str | None = None  # train_expand.py's EXP: original + synthetic of expanded/<dataset>/<EXP>
+    expanded_dir: str | None = None
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    seed: int = TrainConfig.seed
+    image_size: int | None = None  # the registry's (the paper's 224; 32 for the small datasets)
+    augment: str = TrainConfig.augment
+    flip: bool | None = None  # the registry's (no flips for digits)
+    validation: bool = False
+    val_fraction: float | None = None  # DEFAULT_VAL_FRACTION of train when the dataset has no val split
+    data_root: str = "data"
+    output_root: str = "checkpoint"
+    mixed_precision: str = "no"
+    num_workers: int = TrainConfig.num_workers
+    pretrained_path: str | None = None
+    overwrite: bool = False
+    skip_unreadable: bool = False
+    num_threads: int | None = None
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> None:
-    """The positional arguments of the paper's scripts and the optional flags both scripts share."""
-    defaults = TrainConfig()
+    """The positional arguments of the paper's scripts and the optional flags both scripts share (RunConfig's)."""
+    defaults = RunConfig
     parser.add_argument("dataset", metavar="DATASET", help="digits, imagefolder:PATH or a registered dataset")
     parser.add_argument("arch", metavar="ARCH", choices=sorted(ARCHS), help=f"one of {sorted(ARCHS)}")
     parser.add_argument("lr", metavar="LR", type=parse_lr, help="learning rate (paper: 0.1)")
@@ -94,7 +126,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     parser.add_argument("--image_size", type=int, default=None,
                         help="default: the dataset's registry entry (the paper's 224, 32 for digits); with PRETRAINED "
                              "True the resolution the ImageNet weights were trained at (224)")
-    parser.add_argument("--augment", choices=sorted(AUGMENTS), default="default", help="extra augmentation")
+    parser.add_argument("--augment", choices=sorted(AUGMENTS), default=defaults.augment, help="extra augmentation")
     flip = parser.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
     flip.add_argument("--no_flip", dest="flip", action="store_false",
@@ -105,9 +137,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     parser.add_argument("--val_fraction", type=float, default=None,
                         help=f"with --validation: hold out this fraction of each class's train images "
                              f"(default {DEFAULT_VAL_FRACTION} when the dataset has no val split)")
-    parser.add_argument("--data_root", default="data", help="folder holding the datasets")
-    parser.add_argument("--output_root", default="checkpoint", help="folder for run outputs")
-    parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, default="no", help="accelerate's flag")
+    parser.add_argument("--data_root", default=defaults.data_root, help="folder holding the datasets")
+    parser.add_argument("--output_root", default=defaults.output_root, help="folder for run outputs")
+    parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=defaults.mixed_precision,
+                        help="accelerate's flag")
     parser.add_argument("--num_workers", type=int, default=defaults.num_workers, help="DataLoader workers")
     parser.add_argument("--pretrained_path", default=None, help="local ImageNet weight file for PRETRAINED True")
     parser.add_argument("--overwrite", action="store_true", help="rerun a finished run from scratch")
@@ -135,14 +168,14 @@ def run_path(*, output_root: str | Path, dataset: str, arch: str, pretrained: bo
     return root / run_name(arch, pretrained, lr, augment) / f"seed{seed}"
 
 
-def run_dir(args: argparse.Namespace) -> Path:
-    """The seed folder of the run the scripts' arguments describe."""
+def run_dir(args: RunConfig) -> Path:
+    """The seed folder of the run `args` describes."""
     return run_path(output_root=args.output_root, dataset=args.dataset, arch=args.arch, pretrained=args.pretrained,
-                    lr=args.lr, seed=args.seed, augment=args.augment, exp=getattr(args, "exp", None))
+                    lr=args.lr, seed=args.seed, augment=args.augment, exp=args.exp)
 
 
-def checkpoint_path(args: argparse.Namespace) -> Path:
-    """The model_best.pth.tar the scripts' arguments write (what --print_checkpoint prints)."""
+def checkpoint_path(args: RunConfig) -> Path:
+    """The model_best.pth.tar the run writes (what --print_checkpoint prints)."""
     return run_dir(args) / CHECKPOINT_NAME
 
 
@@ -152,7 +185,7 @@ def guide_checkpoint(dataset: str, arch: str, *, output_root: str | Path = "chec
                     seed=GUIDE_SEED) / CHECKPOINT_NAME
 
 
-def image_settings(args: argparse.Namespace) -> tuple[int, bool]:
+def image_settings(args: RunConfig) -> tuple[int, bool]:
     """(image size, flip) of a run: the flags where given, else the dataset's registry entry.
 
     A pretrained model defaults to the resolution its ImageNet weights were trained at: at the
@@ -173,7 +206,7 @@ def configure_gpu(gpu: str) -> str:
     return f"using CUDA device(s) {gpu}"
 
 
-def _validate(args: argparse.Namespace) -> None:
+def _validate(args: RunConfig) -> None:
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             raise TrainingError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
@@ -208,7 +241,7 @@ def _without_unreadable(dataset: data.LabeledImages | None) -> tuple[data.Labele
     return dataset.subset(kept), len(dataset) - len(kept)
 
 
-def load_run_data(args: argparse.Namespace, image_size: int, flip: bool, expanded_dir: str | Path | None
+def load_run_data(args: RunConfig, image_size: int, flip: bool, expanded_dir: str | Path | None
                   ) -> dict[str, Any]:
     """Transformed train (original [+ synthetic]), val (or None) and test sets, and their sizes."""
     name, root = args.dataset, args.data_root
@@ -256,8 +289,8 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Train one seed as the scripts ask; returns results.yaml's content, or None for a skipped finished run."""
+def run_training(args: RunConfig) -> dict[str, Any] | None:
+    """Train one seed; returns results.yaml's content, or None for a skipped finished run."""
     _validate(args)
     out = run_dir(args)
     if (out / RESULTS_NAME).is_file() and not args.overwrite:
@@ -274,7 +307,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
                 (out / name).unlink(missing_ok=True)
         accelerator.wait_for_everyone()
     expanded_dir = None
-    if getattr(args, "exp", None):
+    if args.exp:
         expanded_dir = args.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(args.dataset) / args.exp
     image_size, flip = image_settings(args)
     run_data = load_run_data(args, image_size, flip, expanded_dir)
@@ -285,12 +318,12 @@ def run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     info = {"arch": args.arch, "num_classes": len(run_data["classes"]), "classes": list(run_data["classes"]),
             "image_size": image_size, "mean": list(ARCHS[args.arch].mean), "std": list(ARCHS[args.arch].std),
             "dataset": args.dataset, "pretrained": args.pretrained,
-            "args": {k: _plain(v) for k, v in vars(args).items()}}
+            "args": {k: _plain(v) for k, v in asdict(args).items()}}
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          augment=args.augment, num_workers=args.num_workers)
     summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
                   config=config, output_dir=out, info=info, accelerator=accelerator)
-    results = {"dataset": args.dataset, "exp": getattr(args, "exp", None), "arch": args.arch, "lr": args.lr,
+    results = {"dataset": args.dataset, "exp": args.exp, "arch": args.arch, "lr": args.lr,
                "pretrained": args.pretrained, "augment": args.augment, "seed": args.seed, "epochs": args.epochs,
                "batch_size": args.batch_size, "image_size": image_size, "flip": flip,
                "expanded_dir": str(expanded_dir) if expanded_dir else None,

@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import torch
 
+from distdiff.errors import UserError
+
 # errno values that mean the file system refused a write (permissions, a full or read-only disk, a name
 # too long): the user's environment to fix, reported in one line rather than as a traceback.
 ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG,
@@ -42,7 +44,7 @@ TORCH_LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, struct.error, 
                      zipfile.BadZipFile)
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(UserError):
     """A file that torch cannot load (truncated, garbage, not a weights-only PyTorch file)."""
 
     def __init__(self, path: str | Path, reason: str):

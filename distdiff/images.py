@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from distdiff.errors import UserError
+
 # PIL's own default (about 89 Mpixels, 0.25 GiB as 8-bit RGB): larger files are refused as possible
 # decompression bombs. PIL only warns between 1x and 2x of it; we refuse from 1x, with one line.
 MAX_PIXELS = 89_478_485
@@ -27,7 +29,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 _WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image file that cannot be read; the message is one line naming the file."""
 
     def __init__(self, message: str):

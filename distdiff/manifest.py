@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from filelock import FileLock
 
+from distdiff.errors import UserError
 from distdiff.files import atomic_write_text
 from distdiff.observers import RECORD_KEYS
 
@@ -36,7 +37,7 @@ PART_GLOB = "manifest.*-of-*.jsonl"  # the per-shard parts beside MANIFEST
 MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + RECORD_KEYS
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest line in the middle of the file that is not a record (hand-edited or corrupted)."""
 
 

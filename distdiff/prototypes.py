@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from tqdm import tqdm
 
+from distdiff.errors import UserError
 from distdiff.files import UnreadableFileError, atomic_torch_save, load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def group_prototypes(features: torch.Tensor, labels, *, num_classes: int, k: int
     return groups, mask
 
 
-class PrototypeFileError(ValueError):
+class PrototypeFileError(UserError):
     """A prototype file that cannot be read (truncated, foreign or from another format)."""
 
 

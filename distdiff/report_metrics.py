@@ -22,6 +22,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
+from distdiff.errors import UserError
 from distdiff.guidance import STEP_KEYS
 from distdiff.prototypes import unit_features
 
@@ -33,7 +34,7 @@ METRIC_SEED = 0  # KID draws random subsets: a fixed seed makes a report reprodu
 UNCHANGED_DISTANCE = 1e-3  # a copy this close to its source (unit-norm features) is its source returned
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A report cannot be made from what was given (missing files, mismatched runs, bad flags)."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from distdiff.errors import UserError
 from distdiff.files import atomic_open, atomic_write_text
 
 RESULTS_NAME = "results.yaml"
@@ -38,10 +39,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise ValueError(f"{path} is not valid YAML{line}; delete it (the run then counts as unfinished) or "
+        raise UserError(f"{path} is not valid YAML{line}; delete it (the run then counts as unfinished) or "
                          f"rerun that seed with --overwrite.") from err
     if not isinstance(results, dict) or "best_accuracy" not in results:
-        raise ValueError(f"{path} is not a results.yaml written by train_original.py / train_expand.py.")
+        raise UserError(f"{path} is not a results.yaml written by train_original.py / train_expand.py.")
     return results
 
 
@@ -50,14 +51,14 @@ def best_on_validation(run_dirs: list[str | Path]) -> Path:
     scored = []
     for run in map(Path, run_dirs):
         if not (run / RESULTS_NAME).is_file():
-            raise ValueError(f"{run / RESULTS_NAME} not found; finish that run first (rerun its train_original.py "
+            raise UserError(f"{run / RESULTS_NAME} not found; finish that run first (rerun its train_original.py "
                              f"command: it resumes).")
         results = read_results(run / RESULTS_NAME)
         if results.get("val_best_accuracy") is None:
-            raise ValueError(f"{run} was trained without --validation; a choice on the val split needs it.")
+            raise UserError(f"{run} was trained without --validation; a choice on the val split needs it.")
         scored.append((results["val_best_accuracy"], run))
     if not scored:
-        raise ValueError("no run folder given to choose from.")
+        raise UserError("no run folder given to choose from.")
     return max(scored, key=lambda pair: pair[0])[1]  # max keeps the first of equal scores
 
 
@@ -67,7 +68,7 @@ def higher_strength_on_validation(fidelity: dict[float, float], *, base: float, 
     below the fidelity at `base`; the highest candidate when none drops that much."""
     missing = [s for s in (base, *candidates) if s not in fidelity]
     if missing or not candidates:
-        raise ValueError(f"label fidelity is needed at the base strength and at least one candidate; missing {missing}.")
+        raise UserError(f"label fidelity is needed at the base strength and at least one candidate; missing {missing}.")
     for strength in sorted(candidates):
         if fidelity[base] - fidelity[strength] >= min_drop - 1e-9:  # 0.95 - 0.90 is 0.0499... in floats
             return strength, (f"fidelity {fidelity[strength]:.3f} at {strength:g} is {fidelity[base] - fidelity[strength]:.3f} "
@@ -95,10 +96,10 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder.")
+        raise UserError(f"{folder} is not a folder.")
     seeds = _seed_dirs(folder)
     if not seeds:
-        raise ValueError(f"{folder} has no seed<N>/ folders; pass an experiment folder such as "
+        raise UserError(f"{folder} has no seed<N>/ folders; pass an experiment folder such as "
                          f"checkpoint/digits/smallcnn_unpretrained_lr0.1 (or a folder of them with --multi).")
     runs = {seed: read_results(path / RESULTS_NAME) for seed, path in seeds if (path / RESULTS_NAME).is_file()}
     unfinished = [seed for seed, path in seeds if seed not in runs]
@@ -116,7 +117,7 @@ def find_experiments(root: str | Path) -> list[Path]:
     """Every folder under `root` (itself included) holding seed<N>/ run folders, sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder.")
+        raise UserError(f"{root} is not a folder.")
     # A seed folder with only log.txt is an unfinished run: listed (as unfinished), never silently dropped.
     found = {p.parent for p in root.rglob("seed*") if p.is_dir() and SEED_DIR.fullmatch(p.name)
              and ((p / RESULTS_NAME).is_file() or (p / "log.txt").is_file())}
@@ -189,7 +190,7 @@ def plot_summaries(summaries: list[dict[str, Any]], path: str | Path, *, root: s
 
     metrics = _columns(summaries)
     if not metrics:
-        raise ValueError("no finished runs to plot (no results.yaml with accuracies).")
+        raise UserError("no finished runs to plot (no results.yaml with accuracies).")
     names = [os.path.relpath(s["experiment"], root) if root is not None else s["experiment"] for s in summaries]
     width = 0.8 / len(metrics)
     figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(summaries) + 2), 4.5))

@@ -34,6 +34,16 @@ PRECISION = "fp16"  # the authors' generate_data.py runs SD in fp16 (weight_dtyp
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The img2img settings of a pipeline call (its keyword arguments of the same names)."""
+
+    strength: float = STRENGTH
+    num_inference_steps: int = STEPS
+    guidance_scale: float = GUIDANCE_SCALE
+    start_index: str = "diffusers"  # START_INDEX_FORMULAS' key: where img2img starts (see img2img_start_index)
+
+
 def default_resolution(unet: UNet2DConditionModel, vae: AutoencoderKL) -> int:
     """unet.config.sample_size * VAE scale factor, as diffusers' SD pipelines compute it."""
     return unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
@@ -77,7 +87,7 @@ START_INDEX_FORMULAS: dict[str, Callable[[int, float], int]] = {
     "diffusers": lambda steps, strength: steps - min(int(steps * strength), steps),  # Img2ImgPipeline.get_timesteps
     "authors": lambda steps, strength: int((1 - strength) * steps),  # the authors' generate_data.py
 }
-START_INDEX = "diffusers"
+START_INDEX = SamplingConfig.start_index
 
 
 def img2img_start_index(steps: int, strength: float, formula: str = START_INDEX) -> int:

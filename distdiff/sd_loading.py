@@ -20,12 +20,13 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from distdiff.errors import UserError
 from distdiff.pipeline import DistDiffImg2ImgPipeline, from_components
 from distdiff.sampling import PRECISION, PRECISIONS, resolve_dtype
 
 
-class ModelLoadError(OSError):
-    """--model cannot be loaded or driven; an OSError (errno None) so callers that report a missing model report it."""
+class ModelLoadError(UserError, OSError):
+    """--model cannot be loaded or driven; also an OSError (errno None), as diffusers reports a missing model."""
 
 
 # Pipelines whose components this sampler drives (SD 1.x: epsilon prediction, SD 2.x: v-prediction or epsilon).

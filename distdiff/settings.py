@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 
+from distdiff.errors import UserError
 
-class SettingError(ValueError):
+
+class SettingError(UserError):
     """A setting value that cannot work; the message names the flag and what it must be."""
 
 

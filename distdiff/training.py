@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from distdiff.augment import batch_transform
 from distdiff.classifiers import CHECKPOINT_NAME, save_checkpoint
+from distdiff.errors import UserError
 from distdiff.files import UnreadableFileError, atomic_torch_save, load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ LOG_NAME = "log.txt"
 EVAL_CACHE_BYTES = 1 << 30
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError):
     """Training cannot start or resume as asked (e.g. a saved state from different settings)."""
 
 

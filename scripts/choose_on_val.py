@@ -18,7 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> str:
-    with cli.user_errors("choose_on_val.py", (ValueError,)):
+    with cli.user_errors("choose_on_val.py"):
         chosen = str(best_on_validation(args.runs) / CHECKPOINT_NAME)
     print(chosen)
     return chosen

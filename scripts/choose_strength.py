@@ -64,7 +64,7 @@ def main(args) -> float:
         print(saved["strength"])
         return saved["strength"]
     fidelity = measure(args)
-    with cli.user_errors("choose_strength.py", (ValueError,)):
+    with cli.user_errors("choose_strength.py"):
         strength, reason = higher_strength_on_validation(fidelity, base=args.base,
                                                          candidates=tuple(args.candidates), min_drop=args.min_drop)
     print(f"plain img2img label fidelity on val: {fidelity}; {reason}", file=sys.stderr)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from distdiff import cli
+from distdiff.errors import UserError
 from distdiff.report import distance_table
 
 
@@ -22,13 +23,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> str:
-    with cli.user_errors("distance_table.py", (ValueError,)):
+    with cli.user_errors("distance_table.py"):
         path = Path(args.report)
         if not path.is_file():
-            raise ValueError(f"{path} not found; write it with `python scripts/report.py OUT ...`.")
+            raise UserError(f"{path} not found; write it with `python scripts/report.py OUT ...`.")
         report = json.loads(path.read_text())  # invalid JSON is a ValueError too
         if not isinstance(report, dict) or "distribution" not in report:
-            raise ValueError(f"{path} is not an expansion report's report.json (no 'distribution').")
+            raise UserError(f"{path} is not an expansion report's report.json (no 'distribution').")
         text = distance_table(report, reference=args.reference or report["real"]["heldout"]["split"])
     print(text)
     return text

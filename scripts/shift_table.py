@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from distdiff import cli
+from distdiff.errors import UserError
 from distdiff.experiment import run_name
 from distdiff.results import format_value, summarize_experiment
 
@@ -66,7 +67,7 @@ def parse_args(argv=None):
 
 def _load_json(path: Path, layout: str, dataset: str = "DATASET") -> dict:
     if not path.is_file():
-        raise ValueError(f"{path} not found; run `{LAYOUTS[layout][1].format(dataset=dataset)}` first "
+        raise UserError(f"{path} not found; run `{LAYOUTS[layout][1].format(dataset=dataset)}` first "
                          f"(it resumes and writes it at the end).")
     return json.loads(path.read_text())
 
@@ -104,7 +105,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
         cells = ["–"] * 10
         if expansion is not None:
             if expansion not in gap_rows:
-                raise ValueError(f"{expansion} is not in {results_root / dataset / 'gap_test.json'}; rerun "
+                raise UserError(f"{expansion} is not in {results_root / dataset / 'gap_test.json'}; rerun "
                                  f"`{command}`.")
             g = gap_rows[expansion]
             energies = report["energies"].get(expansion, {})
@@ -121,7 +122,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
 
 
 def main(args):
-    with cli.user_errors("shift_table.py", (ValueError,)):
+    with cli.user_errors("shift_table.py"):
         text = table(args.dataset, Path(args.checkpoint_root), Path(args.results_root), args.layout)
     print(text)
     print("\n± is the sample standard deviation over seeds (ddof=1); distances in the guide's unit-norm features "

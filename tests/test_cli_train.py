@@ -59,9 +59,8 @@ def test_print_checkpoint_names_the_file_training_writes_and_expand_reads(tmp_pa
     assert not Path(printed).exists()  # printing trains nothing
     train_original.main(train_original.parse_args(guide))
     assert Path(printed).is_file()
-    args = expand.parse_args(["-d", "digits", "--model", str(tmp_path)])
-    expand_run.resolve_paths(args)
-    assert args.guide_checkpoint == printed  # expand.py's default guide is that very file
+    config = expand_run.resolve_paths(expand.parse_config(["-d", "digits", "--model", str(tmp_path)]))
+    assert config.guide_checkpoint == printed  # expand.py's default guide is that very file
 
 
 def test_bad_positional_arguments_give_clear_errors(capsys):
@@ -133,11 +132,12 @@ def test_seed_scripts_run_seeds_1_2_3_with_the_arguments_passed_on(tmp_path, scr
 
 
 def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights_offline(tmp_path, no_network):
-    from distdiff.experiment import image_settings
+    from distdiff import cli
+    from distdiff.experiment import RunConfig, image_settings
     from distdiff.packaged_weights import efficientnet_lite0_state_dict
 
     argv = ["digits", "efficientnet_lite0", "1e-9", "True", "0", "--output_root", str(tmp_path)] + FAST
-    assert image_settings(train_original.parse_args(argv))[0] == 224  # the weights' resolution, not digits' 32
+    assert image_settings(cli.config_from_args(RunConfig, train_original.parse_args(argv)))[0] == 224  # the weights' resolution, not digits' 32
     train_original.main(train_original.parse_args(argv + ["--image_size", "32"]))  # 32 px keeps the test fast
     model, info = load_classifier(tmp_path / "digits" / "efficientnet_lite0_pretrained_lr1e-09" / "seed1")
     assert info["mean"] == [0.5] * 3 and info["std"] == [0.5] * 3 and info["image_size"] == 32

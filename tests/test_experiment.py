@@ -3,20 +3,21 @@ import argparse
 import pytest
 
 from distdiff.data import LabeledImages, Sample
-from distdiff.experiment import _drop_synthetic_of, guide_checkpoint, parse_gpu, parse_pretrained, run_dir, run_name
+from distdiff.experiment import (RunConfig, _drop_synthetic_of, guide_checkpoint, parse_gpu, parse_pretrained, run_dir,
+                                 run_name)
 
 
 def test_run_folders_follow_the_checkpoint_layout():
     assert run_name("resnet50", False, 0.1, "default") == "resnet50_unpretrained_lr0.1"
     assert run_name("resnet18", True, 1e-3, "cutmix") == "resnet18_pretrained_lr0.001_cutmix"
-    args = argparse.Namespace(output_root="checkpoint", dataset="imagefolder:/data/my pets/", arch="smallcnn",
-                              pretrained=False, lr=0.01, augment="default", seed=3, exp="distdiff_5x")
+    args = RunConfig(output_root="checkpoint", dataset="imagefolder:/data/my pets/", arch="smallcnn",
+                     pretrained=False, lr=0.01, augment="default", seed=3, exp="distdiff_5x")
     assert str(run_dir(args)) == "checkpoint/my_pets/distdiff_5x/smallcnn_unpretrained_lr0.01/seed3"
 
 
 def test_default_guide_is_seed_1_of_the_from_scratch_lr_0_1_run():
-    args = argparse.Namespace(output_root="ckpt", dataset="imagefolder:/data/my pets", arch="resnet50",
-                              pretrained=False, lr=0.1, augment="default", seed=1)
+    args = RunConfig(output_root="ckpt", dataset="imagefolder:/data/my pets", arch="resnet50",
+                     pretrained=False, lr=0.1, augment="default", seed=1)
     assert guide_checkpoint("imagefolder:/data/my pets", "resnet50", output_root="ckpt") == \
         run_dir(args) / "model_best.pth.tar"
     expected = "checkpoint/digits/smallcnn_unpretrained_lr0.1/seed1/model_best.pth.tar"

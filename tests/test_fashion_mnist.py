@@ -209,7 +209,7 @@ def test_expand_without_the_default_model_stops_with_one_line_naming_it(tmp_path
     assert Path(spec.sd_model).is_absolute() and Path(spec.sd_model).parts[-2:] == ("checkpoint", "tiny-sd-fashion")
     absent = tmp_path / "checkpoint" / "tiny-sd-fashion"
     monkeypatch.setitem(registry.DATASETS, "fashion-mnist", replace(spec, sd_model=str(absent)))
-    args = expand.parse_args(["-d", "fashion-mnist"])
+    config = expand.parse_config(["-d", "fashion-mnist"])
     with pytest.raises(ExpansionError) as caught:
-        expand_run.resolve_paths(args)
+        expand_run.resolve_paths(config)
     assert str(absent) in str(caught.value) and "--model" in str(caught.value) and "\n" not in str(caught.value)

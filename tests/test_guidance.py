@@ -364,12 +364,11 @@ def test_transform_options_are_checked_and_reach_the_hook():
     import expand
     from distdiff import expand_run
 
-    args = expand.parse_args(["-d", "digits", "--transform_init", "identity", "--transform_iters", "3"])
-    assert (args.transform_init, args.transform_iters) == ("identity", 3)
-    args.transform_iters = 0
-    expand_run.apply_dataset_defaults(args)
+    config = expand.parse_config(["-d", "digits", "--transform_init", "identity", "--transform_iters", "3"])
+    assert (config.transform_init, config.transform_iters) == ("identity", 3)
+    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--transform_iters", "0"]))
     with pytest.raises(expand_run.expansion.ExpansionError, match="--transform_iters must be at least 1"):
-        expand_run.validate(args)
+        expand_run.validate(config)
 
 
 def test_identity_init_reaches_the_sampler_end_to_end(tmp_path, tiny_sd_dir, digits_guide_checkpoint):

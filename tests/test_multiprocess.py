@@ -28,6 +28,7 @@ from distdiff.classifiers import load_classifier
 from distdiff.data import LabeledImages, Sample
 from distdiff.manifest import MANIFEST, manifest_files, read_manifest
 from distdiff.registry import load_dataset
+from distdiff.sampling import SamplingConfig
 from distdiff.pipeline import DistDiffOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +124,8 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
         mine = set(expansion.shard_sources(sources, shard=shard, num_shards=num_shards))
         items = [it for it in work_list if it.source_index in mine]
         written = expansion.run_expansion(
-            seeded_images, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={}, strength=0.5, steps=4,
-            guidance_scale=1.0, guidance=None, guide=None, batch_size=4, record_energy=False, progress=False,
+            seeded_images, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={},
+            sampling=SamplingConfig(num_inference_steps=4, guidance_scale=1.0), guidance=None, guide=None, batch_size=4, record_energy=False, progress=False,
             shard=shard, num_shards=num_shards)
         turn = expansion.report_due(out, work_list, report=report, made_images=written > 0)
         if turn:

@@ -1,8 +1,8 @@
 """Tests for distdiff.registry: a dataset is one entry, and every consumer reads that entry."""
 
-import argparse
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 import expand
 from distdiff import expand_run, registry
 from distdiff.data import DatasetError, LabeledImages, Sample
-from distdiff.experiment import image_settings
+from distdiff.experiment import RunConfig, image_settings
 from distdiff.registry import DatasetSpec, load_dataset
 
 
@@ -32,14 +32,13 @@ def toy(monkeypatch, tmp_path):
 def test_new_dataset_is_one_entry_read_by_loading_training_and_expansion(toy, tmp_path, monkeypatch):
     train = load_dataset("toy", "train", root=tmp_path)
     assert train.prompt(0) == "a drawing of a red fox." and train.samples[0].source == str(tmp_path / "train" / "a.png")
-    flags = argparse.Namespace(dataset="toy", arch="smallcnn", pretrained=False, image_size=None, flip=None)
+    flags = RunConfig(dataset="toy", arch="smallcnn", lr=0.1, pretrained=False)
     assert image_settings(flags) == (48, False)
-    assert image_settings(argparse.Namespace(**vars(flags) | {"image_size": 64, "flip": True})) == (64, True)
+    assert image_settings(replace(flags, image_size=64, flip=True)) == (64, True)
     monkeypatch.chdir(tmp_path)
-    args = expand.parse_args(["-d", "toy", "--guidance", "none"])
-    expand_run.resolve_paths(args)
-    assert args.model == toy.sd_model and args.guide_arch == "resnet18"
-    assert args.guide_checkpoint == str(Path("checkpoint/toy/resnet18_unpretrained_lr0.1/seed1/model_best.pth.tar"))
+    config = expand_run.resolve_paths(expand.parse_config(["-d", "toy", "--guidance", "none"]))
+    assert config.model == toy.sd_model and config.guide_arch == "resnet18"
+    assert config.guide_checkpoint == str(Path("checkpoint/toy/resnet18_unpretrained_lr0.1/seed1/model_best.pth.tar"))
 
 
 def test_imagefolder_gets_the_paper_defaults(tmp_path):
@@ -62,22 +61,19 @@ def test_the_data_module_does_not_import_the_registry():
     code = "import sys, distdiff.data; print(sorted(m for m in sys.modules if m.startswith('distdiff.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
-    assert out.strip() == "['distdiff.data', 'distdiff.images']"  # images.py: a leaf (PIL, numpy only)
+    # images.py: a leaf (PIL, numpy only); errors.py: the UserError base, a leaf
+    assert out.strip() == "['distdiff.data', 'distdiff.errors', 'distdiff.images']"
 
 
 def test_dataset_expansion_defaults_fill_unset_flags_only(monkeypatch):
     """PathMNIST's paper settings (strength 0.2, M 10) come from its entry; an explicit flag wins; others keep 0.5 / 20."""
-    args = expand.parse_args(["-d", "pathmnist"])
-    expand_run.apply_dataset_defaults(args)
-    assert (args.strength, args.guidance_step) == (0.2, 10)
-    args = expand.parse_args(["-d", "pathmnist", "--strength", "0.35"])
-    expand_run.apply_dataset_defaults(args)
-    assert (args.strength, args.guidance_step) == (0.35, 10)
+    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "pathmnist"]))
+    assert (config.strength, config.guidance_step) == (0.2, 10)
+    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "pathmnist", "--strength", "0.35"]))
+    assert (config.strength, config.guidance_step) == (0.35, 10)
     monkeypatch.setitem(registry.DATASETS, "toy", DatasetSpec(toy_loader, expand_defaults={"guidance_step": 15}))
-    args = expand.parse_args(["-d", "toy"])
-    expand_run.apply_dataset_defaults(args)
-    assert (args.strength, args.guidance_step) == (0.5, 15)
-    args = expand.parse_args(["-d", "digits"])
-    expand_run.apply_dataset_defaults(args)
-    assert (args.strength, args.guidance_step) == (0.5, 20)
+    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "toy"]))
+    assert (config.strength, config.guidance_step) == (0.5, 15)
+    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "digits"]))
+    assert (config.strength, config.guidance_step) == (0.5, 20)
     assert registry.dataset_spec("pathmnist").prompt.format("debris") == "a colon pathological image of debris."

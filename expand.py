@@ -18,7 +18,7 @@ import argparse
 import logging
 
 from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
-from distdiff.expand_run import ExpandConfig, add_expand_arguments, run
+from distdiff.jobs.expand import ExpandConfig, add_expand_arguments, run
 
 
 def parse_args(argv=None) -> argparse.Namespace:

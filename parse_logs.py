@@ -12,8 +12,8 @@ import argparse
 
 from distdiff import cli
 from distdiff.errors import UserError
-from distdiff.results import (find_experiments, format_experiment, markdown_table, plot_summaries, summarize_experiment,
-                              write_csv)
+from distdiff.training.results import (find_experiments, format_experiment, markdown_table, plot_summaries,
+                                       summarize_experiment, write_csv)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ case "$COPIES" in ''|*[!0-9]*|0) echo "COPIES must be a positive integer, got '$
 LR=0.1          # the paper's lr 0.1, from scratch (docs/METHOD.md#defaults)
 PRETRAINED=False
 EXP=distdiff_${COPIES}x
-SLUG=$(python -c "import sys; from distdiff.data import dataset_slug; print(dataset_slug(sys.argv[1]))" "$DATASET")
+SLUG=$(python -c "import sys; from distdiff.data.datasets import dataset_slug; print(dataset_slug(sys.argv[1]))" "$DATASET")
 # Seed 1 of step 1 is the guide; train_original.py says where it writes it.
 GUIDE=$(python train_original.py "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 --seed 1 --print_checkpoint)
 # digits has its own val split, so its runs also report the test accuracy at the best validation

@@ -12,7 +12,7 @@ import argparse
 import logging
 
 from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
-from distdiff.experiment import RunConfig, add_train_arguments, checkpoint_path, run_training
+from distdiff.training.experiment import RunConfig, add_train_arguments, checkpoint_path, run_training
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distdiff.manifest import MANIFEST, manifest_files, manifest_part  # noqa: E402
+from distdiff.runs.manifest import MANIFEST, manifest_files, manifest_part  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         print(json.dumps(row), flush=True)
         if not ok:
             raise SystemExit(f"R={ranks}: {row['final']} is not {expected} images exactly once")
-    print(f"\n| ranks | wall s | images/s | generation s (sum) | start-up s (sum) |\n|---|---|---|---|---|")
+    print("\n| ranks | wall s | images/s | generation s (sum) | start-up s (sum) |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['ranks']} | {row['wall_s']:.1f} | {row['images_per_s']:.2f} | {row['generation_s']:.1f} | "
               f"{row['startup_s']:.1f} |")

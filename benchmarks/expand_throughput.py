@@ -1,6 +1,6 @@
 """Throughput of the DistDiff expansion: batched generation vs the paper's one-image-at-a-time path.
 
-Both paths call distdiff.pipeline.DistDiffImg2ImgPipeline as expand.py does, at the paper's
+Both paths call distdiff.pipelines.distdiff_img2img.DistDiffImg2ImgPipeline as expand.py does, at the paper's
 settings (docs/METHOD.md#defaults: 512 px, DDIM 50 steps, strength 0.5, CFG 7.5, transform
 guidance, period 2, M 20) on Stable Diffusion v1.x components built at full size from their published configurations
 with random weights (timing does not depend on weight values; nothing is downloaded) and a
@@ -39,16 +39,16 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier
-from distdiff.guidance import GUIDANCE_PERIOD, GUIDANCE_STEP, EnergyGuidance, GuideEnergy
-from distdiff.observers import EnergyRecorder
-from distdiff.pipeline import DistDiffImg2ImgPipeline, from_components
-from distdiff.prototypes import Prototypes
-from distdiff.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, STEPS, STRENGTH, PromptEmbeddings,
-                               encode_latent_dist, encode_prompts, image_seed, img2img_start_index,
-                               make_generators)
-from distdiff.files import atomic_write_text
-from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tokenizer
+from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier
+from distdiff.method.guidance import GUIDANCE_PERIOD, GUIDANCE_STEP, EnergyGuidance, GuideEnergy
+from distdiff.method.observers import EnergyRecorder
+from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, from_components
+from distdiff.method.prototypes import Prototypes
+from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, STEPS, STRENGTH, PromptEmbeddings,
+                                         encode_latent_dist, encode_prompts, image_seed, img2img_start_index,
+                                         make_generators)
+from distdiff.utils.files import atomic_write_text
+from distdiff.tiny_sd.model import SCHEDULER_CONFIG, build_tokenizer
 from sd_configs import SD_V1_TEXT_ENCODER, SD_V1_UNET, SD_V1_VAE  # benchmarks/sd_configs.py, beside this script
 
 # SD v1's noise schedule as a DDIM scheduler (the paper samples with DDIM, docs/METHOD.md#pipeline).

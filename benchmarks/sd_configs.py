@@ -39,7 +39,7 @@ SD_V1_VAE = {
     "scaling_factor": 0.18215,
 }
 # CLIP ViT-L/14 text tower, CompVis/stable-diffusion-v1-4 text_encoder/config.json: 123,060,480
-# parameters. Token ids come from the project's offline tokenizer (distdiff.tiny_sd); prompts are
+# parameters. Token ids come from the project's offline tokenizer (distdiff.tiny_sd.model); prompts are
 # padded to 77 tokens either way, so the cost is CLIP's.
 SD_V1_TEXT_ENCODER = {
     "vocab_size": 49408,

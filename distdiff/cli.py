@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402  (after the wait policy is set)
 
 from distdiff.errors import UserError  # noqa: E402
-from distdiff.files import describe_os_error, is_environment_error  # noqa: E402
+from distdiff.utils.files import describe_os_error, is_environment_error  # noqa: E402
 
 
 def available_cpus() -> int:

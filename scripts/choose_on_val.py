@@ -7,8 +7,8 @@
 import argparse
 
 from distdiff import cli
-from distdiff.classifiers import CHECKPOINT_NAME
-from distdiff.results import best_on_validation
+from distdiff.models.classifiers import CHECKPOINT_NAME
+from distdiff.training.results import best_on_validation
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -4,9 +4,9 @@
 
 The rule: plain SD img2img (the dataset's default model, DDIM 50, CFG 7.5) expands every val image
 once per --seeds seed at the base strength (the paper's 0.5) and at each candidate; the pool-trained
-pixel judge (distdiff.pixel_judge, independent of generator and classifiers) scores the label
+pixel judge (distdiff.report.pixel_judge, independent of generator and classifiers) scores the label
 fidelity of each strength; the chosen strength is the lowest candidate whose fidelity is at least
---min_drop below the base's, else the strongest candidate (distdiff.results.higher_strength_on_validation).
+--min_drop below the base's, else the strongest candidate (distdiff.training.results.higher_strength_on_validation).
 The test split is not read. Prints the strength alone on stdout; --json keeps the fidelities and
 the reason, and a later call with the same settings reads it instead of generating again.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from distdiff import cli
-from distdiff.files import atomic_write_text
-from distdiff.pixel_judge import JUDGE_PER_CLASS, PixelJudge, label_fidelity
-from distdiff.registry import DATASETS, dataset_spec, load_dataset
-from distdiff.results import higher_strength_on_validation
+from distdiff.utils.files import atomic_write_text
+from distdiff.report.pixel_judge import JUDGE_PER_CLASS, PixelJudge, generator_label_fidelity
+from distdiff.data.registry import DATASETS, dataset_spec, load_dataset
+from distdiff.training.results import higher_strength_on_validation
 
 
 def parse_args(argv=None):
@@ -47,7 +47,7 @@ def measure(args) -> dict[float, float]:
     pool, val = load_dataset(args.dataset, "pool"), load_dataset(args.dataset, "val")
     judge = PixelJudge(pool, max_per_class=JUDGE_PER_CLASS.get(args.dataset), seed=0)
     strengths = (args.base, *sorted(args.candidates))
-    per_seed = [label_fidelity(dataset_spec(args.dataset).sd_model, judge, pool.classes, pool.prompt_template,
+    per_seed = [generator_label_fidelity(dataset_spec(args.dataset).sd_model, judge, pool.classes, pool.prompt_template,
                                per_class=0, sources=val, strengths=strengths, seed=seed)["img2img"]
                 for seed in args.seeds]
     return {s: float(np.mean([fid[s] for fid in per_seed])) for s in strengths}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from distdiff import cli
 from distdiff.errors import UserError
-from distdiff.report import distance_table
+from distdiff.report.build import distance_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:

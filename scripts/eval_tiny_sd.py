@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from distdiff.pixel_judge import JUDGE_PER_CLASS, PixelJudge, label_fidelity
-from distdiff.registry import DATASETS, dataset_spec, load_dataset
-from distdiff.tiny_sd import load_tiny_sd, vae_round_trip_error
-from distdiff.tiny_sd_train import images_tensor
+from distdiff.report.pixel_judge import JUDGE_PER_CLASS, PixelJudge, generator_label_fidelity
+from distdiff.data.registry import DATASETS, dataset_spec, load_dataset
+from distdiff.tiny_sd.model import load_tiny_sd, vae_round_trip_error
+from distdiff.tiny_sd.train import images_tensor
 
 
 def parse_args(argv=None):
@@ -70,7 +70,7 @@ def main(args):
     test_accuracy = judge.accuracy(test_images, test.labels)
     print(f"judge (RBF-SVM on {judge.num_train} of {len(pool)} pool images): {args.dataset} test accuracy "
           f"{test_accuracy:.4f} on {len(test)} images")
-    result = label_fidelity(args.model_dir, judge, pool.classes, pool.prompt_template, per_class=args.per_class,
+    result = generator_label_fidelity(args.model_dir, judge, pool.classes, pool.prompt_template, per_class=args.per_class,
                             sources=train, strengths=tuple(args.strengths),
                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                             seed=args.seed)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distdiff.tiny_sd import PRESETS, save_tiny_sd
+from distdiff.tiny_sd.model import PRESETS, save_tiny_sd
 
 
 def parse_args(argv=None):

@@ -16,12 +16,12 @@ import logging
 import sys
 from pathlib import Path
 
-from distdiff.classifiers import ClassifierError
-from distdiff.data import SPLITS, DatasetError
-from distdiff.manifest import ManifestError
-from distdiff.feature_spaces import add_feature_space_argument, requested_spaces
-from distdiff.report import BATCH_SIZE, HELDOUT_SPLIT, SHEET_SEED, SHEET_SOURCES, build_report
-from distdiff.report_metrics import ReportError
+from distdiff.models.classifiers import ClassifierError
+from distdiff.data.datasets import SPLITS, DatasetError
+from distdiff.runs.manifest import ManifestError
+from distdiff.report.feature_spaces import add_feature_space_argument, requested_spaces
+from distdiff.report.build import BATCH_SIZE, HELDOUT_SPLIT, SHEET_SEED, SHEET_SOURCES, build_report
+from distdiff.report.metrics import ReportError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

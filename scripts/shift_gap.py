@@ -4,9 +4,9 @@
         --expanded expanded/digits-shift-blur/sd_5x [more folders] --held_out val --json runs/gap.json
 
 For the yardstick (real train vs held-out) and every expansion (synthetic vs held-out): FID and
-KID (mean, std over subsets) in the guide's unit-norm pooled features (distdiff.report_metrics),
+KID (mean, std over subsets) in the guide's unit-norm pooled features (distdiff.report.metrics),
 label fidelity under the guide and under an independent judge (the pixel RBF-SVM of
-distdiff.pixel_judge trained on the dataset's pool split, disjoint from train/val/test), and the
+distdiff.report.pixel_judge trained on the dataset's pool split, disjoint from train/val/test), and the
 mean feature distance of a copy to its source. --vae adds the generator VAE's round-trip error
 on the held-out split of the dataset and of the unshifted digits. The expansion report
 (scripts/report.py) shows more; this adds the pool-trained judge and the plain-text table the
@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distdiff.augment import eval_transform
-from distdiff.classifiers import load_classifier
-from distdiff.files import atomic_write_text
-from distdiff.pixel_judge import JUDGE_PER_CLASS, PixelJudge
-from distdiff.registry import load_dataset
-from distdiff.report import load_run
-from distdiff.report_metrics import copy_distances, fid_kid, guide_outputs
-from distdiff.sampling import decode_latents, encode_latent_dist, image_to_tensor, to_unit_range
-from distdiff.sd_loading import load_stable_diffusion
+from distdiff.data.augment import eval_transform
+from distdiff.models.classifiers import load_classifier
+from distdiff.utils.files import atomic_write_text
+from distdiff.report.pixel_judge import JUDGE_PER_CLASS, PixelJudge
+from distdiff.data.registry import load_dataset
+from distdiff.report.build import load_run
+from distdiff.report.metrics import copy_distances, fid_kid, guide_outputs
+from distdiff.pipelines.sampling import decode_latents, encode_latent_dist, image_to_tensor, to_unit_range
+from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
 
 BATCH_SIZE = 64
 

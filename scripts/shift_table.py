@@ -19,8 +19,8 @@ from pathlib import Path
 
 from distdiff import cli
 from distdiff.errors import UserError
-from distdiff.experiment import run_name
-from distdiff.results import format_value, summarize_experiment
+from distdiff.training.experiment import run_name
+from distdiff.training.results import format_value, summarize_experiment
 
 ARCH, LR, COPIES = "smallcnn", 0.1, 5  # what scripts/shift_comparison.sh runs
 RUN = run_name(ARCH, False, LR, "default")
@@ -50,7 +50,7 @@ def fashion_rows(results_dir: Path) -> tuple:
 # --layout: (rows of results/DATASET, the command that writes what the table reads)
 LAYOUTS = {"shift": (lambda results_dir: ROWS, "bash scripts/shift_comparison.sh {dataset} STRENGTH"),
            "fashion": (fashion_rows, "bash scripts/fashion_comparison.sh")}
-INDEPENDENT = "efficientnet_lite0"  # the report's feature space the guide never saw (distdiff/feature_spaces.py)
+INDEPENDENT = "efficientnet_lite0"  # the report's feature space the guide never saw (distdiff/report/feature_spaces.py)
 HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test, guide",
           "KID vs test (1e-3), guide", "FID vs test, EfficientNet-Lite0", "KID vs test (1e-3), EfficientNet-Lite0",
           "fidelity: judge", "fidelity: guide", "copy→source", "D_c final", "eps saturated", "move: draw / gradient")

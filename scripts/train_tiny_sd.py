@@ -5,7 +5,7 @@ Examples (pass --num_threads 1 when other jobs share the CPU):
     python scripts/train_tiny_sd.py --dataset fashion-mnist --seed 0  # fashion-mnist, ~50 min at 1 thread
 Trains only on load_dataset(DATASET, "pool"), which is disjoint from train/val/test, and writes the
 model where expand.py -d DATASET looks for it by default. Each dataset's recipe (architecture and
-the flags that differ from the digits defaults) is RECIPES in distdiff/tiny_sd_train.py; a flag
+the flags that differ from the digits defaults) is RECIPES in distdiff/tiny_sd/train.py; a flag
 given here wins. Interrupted runs resume from --state_dir with the same flags.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from distdiff.registry import dataset_spec, load_dataset
-from distdiff.tiny_sd_train import RECIPES, TRAIN_DEFAULTS, recipe_hyperparameters, train_tiny_sd
+from distdiff.data.registry import dataset_spec, load_dataset
+from distdiff.tiny_sd.train import RECIPES, TRAIN_DEFAULTS, recipe_hyperparameters, train_tiny_sd
 
-# Flags of type int or float, each defaulting to the dataset's recipe (see distdiff/tiny_sd_train.py).
+# Flags of type int or float, each defaulting to the dataset's recipe (see distdiff/tiny_sd/train.py).
 HYPERPARAMETER_HELP = {
     "vae_steps": "stage 1 (VAE) optimisation steps",
     "vae_batch_size": "stage 1 batch size",

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 import pytest
 
-from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
-from distdiff.observers import EnergyRecorder
-from distdiff.sampling import make_generators
-from distdiff.prototypes import Prototypes
-from distdiff.sd_loading import load_stable_diffusion
-from distdiff.tiny_sd import save_tiny_sd
+from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
+from distdiff.method.observers import EnergyRecorder
+from distdiff.pipelines.sampling import make_generators
+from distdiff.method.prototypes import Prototypes
+from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
+from distdiff.tiny_sd.model import save_tiny_sd
 
 NUM_CLASSES = 10  # the digits
 
@@ -61,7 +61,7 @@ def _generate(sd, latent_params, labels, seeds, *, prompts, steps=50, guide=None
 
 @pytest.fixture(scope="session")
 def generate():
-    """distdiff.pipeline's pipeline as expand.py calls it (see _generate)."""
+    """distdiff.pipelines.distdiff_img2img's pipeline as expand.py calls it (see _generate)."""
     return _generate
 
 
@@ -97,8 +97,8 @@ def tiny_prototypes():
 @pytest.fixture(scope="session")
 def judge():
     """The pixel RBF-SVM label judge trained on the real digits of the generator pool."""
-    from distdiff.pixel_judge import PixelJudge
-    from distdiff.registry import load_dataset
+    from distdiff.report.pixel_judge import PixelJudge
+    from distdiff.data.registry import load_dataset
 
     return PixelJudge(load_dataset("digits", "pool"))
 

@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from distdiff.augment import AUGMENTS, GridMask, batch_transform, eval_transform, train_transform
-from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD
+from distdiff.data.augment import AUGMENTS, GridMask, batch_transform, eval_transform, train_transform
+from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _images(n, size=(40, 30)):

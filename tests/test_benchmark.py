@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from distdiff.sampling import default_resolution
+from distdiff.pipelines.sampling import default_resolution
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "expand_throughput.py"
 sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: it imports sd_configs from beside it

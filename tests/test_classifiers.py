@@ -3,8 +3,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from distdiff.classifiers import (ARCHS, CHECKPOINT_NAME, ClassifierError, build_classifier, load_classifier,
-                                  save_checkpoint)
+from distdiff.models.classifiers import (ARCHS, CHECKPOINT_NAME, ClassifierError, build_classifier, load_classifier,
+                                         save_checkpoint)
 
 # arch: (feature size, parameters with a 1000-class head: the published ImageNet model's count)
 EXPECTED = {"resnet50": (2048, 25_557_032), "resnext50": (2048, 25_028_904),
@@ -141,7 +141,7 @@ def test_efficientnet_lite0_loads_the_real_imagenet_weights_offline(no_network):
 
 
 def test_packaged_weights_rename_to_exactly_timms_keys_and_a_new_head_keeps_the_backbone(no_network):
-    from distdiff.packaged_weights import efficientnet_lite0_state_dict
+    from distdiff.models.packaged_weights import efficientnet_lite0_state_dict
 
     weights = efficientnet_lite0_state_dict()
     expected = timm.create_model("tf_efficientnet_lite0").state_dict()

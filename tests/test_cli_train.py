@@ -12,10 +12,10 @@ from PIL import Image
 import expand
 import train_expand
 import train_original
-from distdiff import expand_run
-from distdiff.classifiers import load_classifier
-from distdiff.data import holdout
-from distdiff.registry import load_dataset
+from distdiff.jobs import expand as expand_run
+from distdiff.models.classifiers import load_classifier
+from distdiff.data.datasets import holdout
+from distdiff.data.registry import load_dataset
 
 FAST = ["--epochs", "1", "--batch_size", "50", "--num_workers", "0"]
 RESULT_KEYS = {"best_accuracy", "final_accuracy", "best_epoch", "seed", "num_train", "num_test", "num_val",
@@ -133,8 +133,8 @@ def test_seed_scripts_run_seeds_1_2_3_with_the_arguments_passed_on(tmp_path, scr
 
 def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights_offline(tmp_path, no_network):
     from distdiff import cli
-    from distdiff.experiment import RunConfig, image_settings
-    from distdiff.packaged_weights import efficientnet_lite0_state_dict
+    from distdiff.training.experiment import RunConfig, image_settings
+    from distdiff.models.packaged_weights import efficientnet_lite0_state_dict
 
     argv = ["digits", "efficientnet_lite0", "1e-9", "True", "0", "--output_root", str(tmp_path)] + FAST
     assert image_settings(cli.config_from_args(RunConfig, train_original.parse_args(argv)))[0] == 224  # the weights' resolution, not digits' 32

@@ -1,4 +1,4 @@
-"""Tests for distdiff.data and distdiff.datasets_paper: digits splits, imagefolder, synthetic images, paper layouts."""
+"""Tests for distdiff.data.datasets and distdiff.data.paper: digits splits, imagefolder, synthetic images, paper layouts."""
 
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distdiff import data
-from distdiff.data import DatasetError, load_expanded
-from distdiff.registry import dataset_has_split, load_dataset
+from distdiff.data import datasets as data
+from distdiff.data.datasets import DatasetError, load_expanded
+from distdiff.data.registry import dataset_has_split, load_dataset
 
 
 def write_image(path: Path, value: int = 0, size: int = 8) -> Path:
@@ -330,3 +330,11 @@ def test_malformed_cars_annotations_are_a_dataset_error(tmp_path):
     (base / "devkit" / "cars_train_annos.mat").write_text("not a mat file")
     with pytest.raises(DatasetError, match=r"cannot read StanfordCars.*section 'Stanford Cars'"):
         load_dataset("stanford_cars", "train", root=tmp_path)
+
+
+def test_a_synthetic_name_is_made_and_read_back_by_one_rule():
+    from distdiff.data.datasets import source_of_synthetic, synthetic_stem
+
+    assert synthetic_stem("img_2_expand_1", 4) == "img_2_expand_1_expand_4"
+    assert source_of_synthetic(synthetic_stem("img_2_expand_1", 4)) == ("img_2_expand_1", 4)
+    assert source_of_synthetic("img_2") is None and source_of_synthetic("img_expand_x") is None

@@ -1,4 +1,4 @@
-"""Tests for distdiff.expansion, distdiff.latent_cache and the expand.py command line."""
+"""Tests for distdiff.runs.expansion, distdiff.runs.latent_cache and the expand.py command line."""
 
 import dataclasses
 import json
@@ -11,16 +11,17 @@ from PIL import Image
 
 import expand
 import train_expand
-from distdiff import registry
-from distdiff.data import LabeledImages, Sample, load_expanded
-from distdiff.expansion import (CLAIMS, ExpansionError, WorkItem, claim_source, ensure_run_config, global_shard,
-                                load_or_compute_prototypes, pending, remove_stale_temps, select_sources, shard_sources,
-                                work_items)
-from distdiff.files import NAME_MAX, temp_pattern
-from distdiff.latent_cache import LatentCache
-from distdiff.manifest import MANIFEST, MANIFEST_KEYS, ManifestError, append_manifest, read_manifest, repair_manifest
-from distdiff.prototypes import Prototypes
-from distdiff.registry import load_dataset
+from distdiff.data import registry
+from distdiff.data.datasets import LabeledImages, Sample, load_expanded
+from distdiff.runs.expansion import (CLAIMS, ExpansionError, WorkItem, claim_source, ensure_run_config, global_shard,
+                                     load_or_compute_prototypes, pending, remove_stale_temps, select_sources,
+                                     shard_sources, work_items)
+from distdiff.utils.files import NAME_MAX, temp_pattern
+from distdiff.runs.latent_cache import LatentCache
+from distdiff.runs.manifest import (MANIFEST, MANIFEST_KEYS, ManifestError, append_manifest, read_manifest,
+                                    repair_manifest)
+from distdiff.method.prototypes import Prototypes
+from distdiff.data.registry import load_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Work list and shards

@@ -2,9 +2,9 @@ import argparse
 
 import pytest
 
-from distdiff.data import LabeledImages, Sample
-from distdiff.experiment import (RunConfig, _drop_synthetic_of, guide_checkpoint, parse_gpu, parse_pretrained, run_dir,
-                                 run_name)
+from distdiff.data.datasets import LabeledImages, Sample
+from distdiff.training.experiment import (RunConfig, _drop_synthetic_of, guide_checkpoint, parse_gpu, parse_pretrained,
+                                          run_dir, run_name)
 
 
 def test_run_folders_follow_the_checkpoint_layout():

@@ -1,4 +1,4 @@
-"""Tests for distdiff.fashion_mnist: where the idx files are found, the seeded splits, and the errors.
+"""Tests for distdiff.data.fashion_mnist: where the idx files are found, the seeded splits, and the errors.
 
 Every test writes its own small idx files (25 training and 3 test images per class, each image a
 flat grey level that encodes its label), so no test needs the real dataset, Debian's copy or a network.
@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 import expand
-from distdiff import expand_run, fashion_mnist, registry
-from distdiff.data import DatasetError
-from distdiff.expansion import ExpansionError
-from distdiff.registry import load_dataset
+from distdiff.jobs import expand as expand_run
+from distdiff.data import fashion_mnist
+from distdiff.data import registry
+from distdiff.data.datasets import DatasetError
+from distdiff.runs.expansion import ExpansionError
+from distdiff.data.registry import load_dataset
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 25, 3
 

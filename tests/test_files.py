@@ -1,12 +1,12 @@
-"""Tests for distdiff.files: names at the file system's limit, and atomic writes of such names."""
+"""Tests for distdiff.utils.files: names at the file system's limit, and atomic writes of such names."""
 
 import errno
 import os
 
 import pytest
 
-from distdiff.files import (NAME_MAX, atomic_open, atomic_write_text, describe_os_error, fitting_name,
-                            is_environment_error, temp_pattern)
+from distdiff.utils.files import (NAME_MAX, atomic_open, atomic_write_text, describe_os_error, fitting_name,
+                                  is_environment_error, temp_pattern)
 
 STEM = "s" * 240  # a stem whose synthetic images' names (253 bytes) just fit
 

@@ -1,4 +1,4 @@
-"""Tests for distdiff.guidance: the energy, the guide preprocessing, and both guidance variants."""
+"""Tests for distdiff.method.guidance: the energy, the guide preprocessing, and both guidance variants."""
 
 import math
 
@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distdiff.guidance import (STEP_KEYS, EnergyGuidance, GuideEnergy, TransformStep, apply_transform, direct_guidance,
-                               draw_transform, energy, guide_preprocess, lookahead_energy, project_linf,
-                               transform_guidance, transform_step_stats)
-from distdiff.sampling import decode_latents, encode_prompts, make_denoiser, make_generators, make_image_energy
+from distdiff.method.guidance import (STEP_KEYS, EnergyGuidance, GuideEnergy, TransformStep, apply_transform,
+                                      direct_guidance, draw_transform, energy, guide_preprocess, lookahead_energy,
+                                      project_linf, transform_guidance, transform_step_stats)
+from distdiff.pipelines.sampling import (decode_latents, encode_prompts, make_denoiser, make_generators,
+                                         make_image_energy)
 
 # ---------------------------------------------------------------------------------------------
 # The energy
@@ -319,7 +320,7 @@ def _identity_denoise(z, t):
 
 
 def test_identity_init_takes_gradient_steps_from_z_itself_and_iterates():
-    from distdiff.guidance import transform_guidance
+    from distdiff.method.guidance import transform_guidance
 
     z = torch.tensor([[[[0.5, -0.5]], [[0.2, 0.2]]]])  # [B=1, C=2, h=1, w=2]
     w = torch.tensor([1.0, -2.0])
@@ -341,7 +342,7 @@ def test_identity_init_takes_gradient_steps_from_z_itself_and_iterates():
 
 
 def test_random_init_with_one_iteration_is_the_papers_step_unchanged():
-    from distdiff.guidance import draw_transform, transform_guidance
+    from distdiff.method.guidance import draw_transform, transform_guidance
 
     torch.manual_seed(3)
     z, w = torch.randn(2, 4, 3, 3), torch.randn(4)
@@ -362,7 +363,7 @@ def test_transform_options_are_checked_and_reach_the_hook():
     with pytest.raises(ValueError, match="at least 1"):
         EnergyGuidance(transform_iterations=0)
     import expand
-    from distdiff import expand_run
+    from distdiff.jobs import expand as expand_run
 
     config = expand.parse_config(["-d", "digits", "--transform_init", "identity", "--transform_iters", "3"])
     assert (config.transform_init, config.transform_iters) == ("identity", 3)

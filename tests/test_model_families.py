@@ -10,11 +10,12 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
 import expand
-from distdiff.guidance import EnergyGuidance, GuideEnergy
-from distdiff.pipeline import from_components
-from distdiff.sampling import encode_prompts, make_generators
-from distdiff.sd_loading import ModelLoadError, load_stable_diffusion
-from distdiff.tiny_sd import SCHEDULER_CONFIG, build_tiny_sd, save_components
+from distdiff.method.guidance import EnergyGuidance, GuideEnergy
+from distdiff.pipelines.distdiff_img2img import from_components
+from distdiff.pipelines.sampling import encode_prompts, make_generators
+from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
+from distdiff.pipelines.loading import ModelLoadError
+from distdiff.tiny_sd.model import SCHEDULER_CONFIG, build_tiny_sd, save_components
 
 PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
 # x0 from z_t and the UNet output by parameterisation, written out independently of diffusers.

@@ -22,14 +22,14 @@ import yaml
 from PIL import Image
 
 import expand
-from distdiff import expansion
-from distdiff.augment import eval_transform
-from distdiff.classifiers import load_classifier
-from distdiff.data import LabeledImages, Sample
-from distdiff.manifest import MANIFEST, manifest_files, read_manifest
-from distdiff.registry import load_dataset
-from distdiff.sampling import SamplingConfig
-from distdiff.pipeline import DistDiffOutput
+from distdiff.runs import expansion
+from distdiff.data.augment import eval_transform
+from distdiff.models.classifiers import load_classifier
+from distdiff.data.datasets import LabeledImages, Sample
+from distdiff.runs.manifest import MANIFEST, manifest_files, read_manifest
+from distdiff.data.registry import load_dataset
+from distdiff.pipelines.sampling import SamplingConfig
+from distdiff.pipelines.distdiff_img2img import DistDiffOutput
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -241,7 +241,7 @@ def test_two_accelerate_nodes_on_loopback_write_what_one_process_writes(tmp_path
 DIE_AFTER_EPOCH_1 = """
 import os, signal, sys
 from distdiff import cli  # noqa: F401  (the OpenMP wait policy, as the scripts set it)
-from distdiff import training
+from distdiff.training import loop as training
 import train_original
 
 real_save = training.atomic_torch_save

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 import expand
-from distdiff.manifest import MANIFEST, read_manifest
+from distdiff.runs.manifest import MANIFEST, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "checkpoint" / "tiny-sd-digits"
@@ -37,7 +37,7 @@ MODEL = REPO / "checkpoint" / "tiny-sd-digits"
 # both orders) and under pytest before pinning.
 #
 # A mismatch means the images changed. A refactor that is meant to keep them (e.g. rewriting
-# distdiff/sampling.py, guidance.py, expansion.py as a diffusers pipeline) must not change a
+# distdiff/pipelines/sampling.py, guidance.py, expansion.py as a diffusers pipeline) must not change a
 # single hash. A deliberate change of the images (new math, new seeding, a retrained
 # checkpoint/tiny-sd-digits) must say so in its commit message and re-pin: the failure message
 # prints the new dict to paste here, and the commit named above must be updated.
@@ -251,7 +251,7 @@ def test_expansion_makes_the_pinned_images(tmp_path, digits_guide_checkpoint, se
     pinned = PINNED[setting]
     repin = f"Now made (to re-pin a deliberate change): {setting!r}: {json.dumps(record, indent=4)}"
     assert sorted(record["png"]) == sorted(pinned["png"]), f"other images in the manifest. {repin}"
-    assert seeds == SEEDS, f"the images' seeds changed (distdiff.sampling.image_seed or the work list). {repin}"
+    assert seeds == SEEDS, f"the images' seeds changed (distdiff.pipelines.sampling.image_seed or the work list). {repin}"
     changed = sorted(image for image, digest in record["png"].items() if digest != pinned["png"][image])
     if record["pixels"] != pinned["pixels"]:
         pytest.fail(f"{setting}: {len(changed)} of {NUM_IMAGES} images changed ({', '.join(changed)}); a refactor "

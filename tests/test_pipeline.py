@@ -1,15 +1,20 @@
-"""The pipeline as a user imports it (distdiff.pipeline): loading, inputs, hooks, observers, scheduler state."""
+"""The pipeline as a user imports it (distdiff.pipelines.distdiff_img2img): loading, inputs, hooks, observers, scheduler state."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from distdiff.guidance import EnergyGuidance, Guidance, GuidanceOutput, GuideEnergy
-from distdiff.observers import EnergyRecorder, StepObserver
-from distdiff.pipeline import DistDiffImg2ImgPipeline
-from distdiff.registry import load_dataset
-from distdiff.sampling import encode_latent_dist, encode_prompts, make_generators
+from distdiff.data.augment import eval_transform
+from distdiff.method.guidance import EnergyGuidance, Guidance, GuidanceOutput, GuideEnergy
+from distdiff.method.observers import EnergyRecorder, StepObserver
+from distdiff.method.prototypes import compute_prototypes
+from distdiff.models.classifiers import load_classifier
+from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline
+from distdiff.data.registry import load_dataset
+from distdiff.pipelines.sampling import encode_latent_dist, encode_prompts, make_generators
 
 PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
 
@@ -141,3 +146,22 @@ def test_inputs_that_do_not_match_are_refused_in_one_line(pipe, sources, guide):
         pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]), guidance=EnergyGuidance())
     with pytest.raises(ValueError, match="one source per label: 1 sources, 2 labels"):
         pipe(images[:1], labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]))
+
+
+def test_the_readmes_python_example_runs_as_written(tiny_sd_dir, digits_guide_checkpoint, tmp_path):
+    """README.md's "Use the pipeline from Python" block, with its three paths pointed at test files."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("### Use the pipeline from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    model, info = load_classifier(digits_guide_checkpoint)
+    train = load_dataset("digits", "train").with_transform(eval_transform(32, info["mean"], info["std"]))
+    compute_prototypes(model, train, k=3, device="cpu").save(tmp_path / "prototypes.pt")
+    paths = {'"checkpoint/tiny-sd-digits"': repr(str(tiny_sd_dir)),
+             '"checkpoint/digits/smallcnn_unpretrained_lr0.1/seed1"': repr(str(digits_guide_checkpoint)),
+             '"expanded/digits/distdiff_5x/prototypes.pt"': repr(str(tmp_path / "prototypes.pt"))}
+    for written, test_file in paths.items():
+        assert written in code
+        code = code.replace(written, test_file)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["out"].images.shape == (2, 3, 32, 32)
+    assert len(scope["out"].records["D_c_final"]) == 2 and "eps_saturated" in scope["out"].records

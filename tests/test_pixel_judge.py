@@ -1,9 +1,9 @@
-"""Tests for distdiff.pixel_judge: the RBF-SVM label judge and label fidelity through diffusers' pipelines."""
+"""Tests for distdiff.report.pixel_judge: the RBF-SVM label judge and label fidelity through diffusers' pipelines."""
 
 import numpy as np
 
-from distdiff.pixel_judge import PixelJudge, label_fidelity, per_class_subset
-from distdiff.registry import load_dataset
+from distdiff.report.pixel_judge import PixelJudge, generator_label_fidelity, per_class_subset
+from distdiff.data.registry import load_dataset
 
 
 def digits_array(dataset):
@@ -21,7 +21,7 @@ def test_judge_trained_on_the_pool_recognises_held_out_digits(judge):
 
 def test_label_fidelity_scores_each_prompted_class_and_each_source_at_each_strength(judge, tiny_sd_dir):
     sources = load_dataset("digits", "train").subset(range(0, 100, 25))
-    result = label_fidelity(tiny_sd_dir, judge, sources.classes, sources.prompt_template, per_class=1,
+    result = generator_label_fidelity(tiny_sd_dir, judge, sources.classes, sources.prompt_template, per_class=1,
                             sources=sources, strengths=(0.5, 0.9), num_inference_steps=4, seed=0)
     assert result["txt2img_labels"] == list(range(10)) and result["img2img_labels"] == sources.labels
     assert result["txt2img_images"].shape == (10, 32, 32, 3)

@@ -1,4 +1,4 @@
-"""Tests for distdiff.prototypes: features, class and group prototypes, and their file format."""
+"""Tests for distdiff.method.prototypes: features, class and group prototypes, and their file format."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
-from distdiff.data import LabeledImages, Sample
-from distdiff.prototypes import (Prototypes, class_prototypes, compute_prototypes, extract_features,
-                                 group_prototypes)
+from distdiff.data.datasets import LabeledImages, Sample
+from distdiff.method.prototypes import (Prototypes, class_prototypes, compute_prototypes, extract_features,
+                                        group_prototypes)
 
 
 class TinyGuide(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Tests for distdiff.registry: a dataset is one entry, and every consumer reads that entry."""
+"""Tests for distdiff.data.registry: a dataset is one entry, and every consumer reads that entry."""
 
 import subprocess
 import sys
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 import expand
-from distdiff import expand_run, registry
-from distdiff.data import DatasetError, LabeledImages, Sample
-from distdiff.experiment import RunConfig, image_settings
-from distdiff.registry import DatasetSpec, load_dataset
+from distdiff.jobs import expand as expand_run
+from distdiff.data import registry
+from distdiff.data.datasets import DatasetError, LabeledImages, Sample
+from distdiff.training.experiment import RunConfig, image_settings
+from distdiff.data.registry import DatasetSpec, load_dataset
 
 
 def toy_loader(root: Path, split: str) -> LabeledImages:
@@ -56,13 +57,14 @@ def test_unknown_dataset_and_split_list_the_choices():
         load_dataset("digits", "training")
 
 
-def test_the_data_module_does_not_import_the_registry():
-    # data.py is the base the dataset loaders build on; the registry sits above both, so no import cycle.
-    code = "import sys, distdiff.data; print(sorted(m for m in sys.modules if m.startswith('distdiff.')))"
+def test_the_datasets_module_does_not_import_the_registry():
+    # data/datasets.py is the base the dataset loaders build on; the registry sits above both, so no import cycle.
+    code = "import sys, distdiff.data.datasets; print(sorted(m for m in sys.modules if m.startswith('distdiff.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
-    # images.py: a leaf (PIL, numpy only); errors.py: the UserError base, a leaf
-    assert out.strip() == "['distdiff.data', 'distdiff.errors', 'distdiff.images']"
+    # utils/images.py: a leaf (PIL, numpy only); errors.py: the UserError base, a leaf; the rest are package inits
+    assert out.strip() == ("['distdiff.data', 'distdiff.data.datasets', 'distdiff.errors', 'distdiff.utils', "
+                           "'distdiff.utils.images']")
 
 
 def test_dataset_expansion_defaults_fill_unset_flags_only(monkeypatch):

@@ -28,13 +28,13 @@ import parse_logs
 import train_expand
 import train_original
 from distdiff import cli
-from distdiff.classifiers import ClassifierError, build_classifier, load_classifier, save_checkpoint
-from distdiff.data import DatasetError
-from distdiff.expansion import CLAIMS, WorkItem, claim_source, select_sources
-from distdiff.files import atomic_write_text, describe_os_error
-from distdiff.images import MAX_PIXELS, ImageError, open_image, unwrap_worker_message
-from distdiff.manifest import MANIFEST, read_manifest
-from distdiff.registry import load_dataset
+from distdiff.models.classifiers import ClassifierError, build_classifier, load_classifier, save_checkpoint
+from distdiff.data.datasets import DatasetError
+from distdiff.runs.expansion import CLAIMS, WorkItem, claim_source, select_sources
+from distdiff.utils.files import atomic_write_text, describe_os_error
+from distdiff.utils.images import MAX_PIXELS, ImageError, open_image, unwrap_worker_message
+from distdiff.runs.manifest import MANIFEST, read_manifest
+from distdiff.data.registry import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -394,7 +394,7 @@ import os, signal, sys
 from contextlib import contextmanager
 from distdiff import cli  # noqa: F401
 import expand
-from distdiff import expansion
+from distdiff.runs import expansion
 
 real_open, opened = expansion.atomic_open, []
 

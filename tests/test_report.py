@@ -13,17 +13,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 import expand
-from distdiff.registry import load_dataset
-from distdiff.expansion import MANIFEST, RUN_CONFIG
-from distdiff import report as report_module
-from distdiff import feature_spaces
-from distdiff.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCEPTION_URL, chosen_spaces, load_inception,
-                                     space_features)
-from distdiff.packaged_weights import MISSING_PACKAGE
-from distdiff.report import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
-from distdiff.report_html import fmt, seeded_sources
-from distdiff.report_metrics import ReportError, fid_kid, label_fidelity
-from distdiff.observers import ENERGY_KEYS
+from distdiff.data.registry import load_dataset
+from distdiff.runs.expansion import MANIFEST, RUN_CONFIG
+from distdiff.report import build as report_module
+from distdiff.report import feature_spaces
+from distdiff.report.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCEPTION_URL, chosen_spaces,
+                                            load_inception, space_features)
+from distdiff.models.packaged_weights import MISSING_PACKAGE
+from distdiff.report.build import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
+from distdiff.report.html import fmt, seeded_sources
+from distdiff.report.metrics import ReportError, fid_kid, label_fidelity
+from distdiff.method.observers import ENERGY_KEYS
 from scripts import report as report_cli
 
 SOURCES_PER_CLASS = 2  # a tiny expansion: the first 2 train images of every class
@@ -318,7 +318,7 @@ def test_run_names_are_short_unique_and_never_a_real_split():
 
 
 def test_a_judge_of_another_dataset_is_refused(tmp_path, copies_report):
-    from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
+    from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
 
     judge = tmp_path / "judge.pth.tar"
     info = {"arch": "smallcnn", "num_classes": 3, "classes": ["cat", "dog", "owl"], "image_size": 32,

@@ -3,8 +3,8 @@ import csv
 import pytest
 
 import parse_logs
-from distdiff.results import (find_experiments, higher_strength_on_validation, mean_std, read_results,
-                              summarize_experiment, write_results)
+from distdiff.training.results import (find_experiments, higher_strength_on_validation, mean_std, read_results,
+                                       summarize_experiment, write_results)
 
 
 def _write(folder, seed, best, final, val=None):
@@ -78,7 +78,7 @@ def test_parse_logs_errors_are_clear(tmp_path, capsys):
 
 
 def test_best_on_validation_chooses_by_val_never_by_test(tmp_path):
-    from distdiff.results import best_on_validation
+    from distdiff.training.results import best_on_validation
 
     runs = {"lr0.1": {"best_accuracy": 90.8, "val_best_accuracy": 86.0},
             "lr0.01": {"best_accuracy": 81.8, "val_best_accuracy": 89.0},

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 import parse_logs
-from distdiff.results import plot_summaries, summarize_experiment, write_results
+from distdiff.training.results import plot_summaries, summarize_experiment, write_results
 
 
 @pytest.fixture

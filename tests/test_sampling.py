@@ -1,4 +1,4 @@
-"""Tests for distdiff.sampling and the pipeline's loop (distdiff.pipeline): loading, the img2img loop against
+"""Tests for distdiff.pipelines.sampling and the pipeline's loop (distdiff.pipelines.distdiff_img2img): loading, the img2img loop against
 diffusers, seeds and batching."""
 
 import logging
@@ -10,12 +10,12 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 import expand
-from distdiff.guidance import EnergyGuidance, GuideEnergy
-from distdiff.registry import load_dataset
-from distdiff.observers import ENERGY_KEYS, RECORD_KEYS
-from distdiff.sampling import (encode_latent_dist, encode_prompts, image_seed,
-                               image_to_tensor, img2img_start_index, make_generators, resolve_dtype)
-from distdiff.sd_loading import load_stable_diffusion
+from distdiff.method.guidance import EnergyGuidance, GuideEnergy
+from distdiff.data.registry import load_dataset
+from distdiff.method.observers import ENERGY_KEYS, RECORD_KEYS
+from distdiff.pipelines.sampling import (encode_latent_dist, encode_prompts, image_seed, image_to_tensor,
+                                         img2img_start_index, make_generators, resolve_dtype)
+from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
 
 PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
 
@@ -97,7 +97,7 @@ def test_expand_passes_local_files_only_to_the_loader(no_network, tmp_path, monk
 
 
 def test_half_precision_is_replaced_by_fp32_on_cpu(caplog):
-    with caplog.at_level(logging.INFO, logger="distdiff.sampling"):
+    with caplog.at_level(logging.INFO, logger="distdiff.pipelines.sampling"):
         assert resolve_dtype("fp16", "cpu") == torch.float32
     assert "fp32 instead of fp16" in caplog.text
     assert resolve_dtype("bf16", "cuda") == torch.bfloat16

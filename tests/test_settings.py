@@ -1,12 +1,12 @@
-"""Tests for distdiff.settings: one rule per setting, the same message wherever the value enters."""
+"""Tests for distdiff.utils.settings: one rule per setting, the same message wherever the value enters."""
 
 import math
 
 import pytest
 
-from distdiff.guidance import EnergyGuidance
-from distdiff.sampling import img2img_start_index
-from distdiff.settings import RULES, SettingError, check_schedule, check_settings
+from distdiff.method.guidance import EnergyGuidance
+from distdiff.pipelines.sampling import img2img_start_index
+from distdiff.utils.settings import RULES, SettingError, check_schedule, check_settings
 
 
 @pytest.mark.parametrize("name", sorted(RULES))

@@ -1,4 +1,4 @@
-"""Tests for distdiff.shift (the shifted-digits datasets, transformations, unseen prompts) and its table script."""
+"""Tests for distdiff.data.shift (the shifted-digits datasets, transformations, unseen prompts) and its table script."""
 
 import json
 
@@ -8,11 +8,11 @@ import torch
 from diffusers import UNet2DConditionModel
 
 import expand
-from distdiff import shift
-from distdiff.registry import load_dataset
-from distdiff.results import write_results
-from distdiff.sampling import encode_prompts
-from distdiff.shift import SHIFTED_DIGITS, UNSEEN_CLASS_NAMES, shift_array
+from distdiff.data import shift
+from distdiff.data.registry import load_dataset
+from distdiff.training.results import write_results
+from distdiff.pipelines.sampling import encode_prompts
+from distdiff.data.shift import SHIFTED_DIGITS, UNSEEN_CLASS_NAMES, shift_array
 from scripts import shift_table
 
 SPLITS = ("train", "val", "test", "pool")

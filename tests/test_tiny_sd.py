@@ -1,4 +1,4 @@
-"""Tests of distdiff/tiny_sd.py: the offline SD-architecture model and its folder format."""
+"""Tests of distdiff/tiny_sd/model.py: the offline SD-architecture model and its folder format."""
 
 import json
 import subprocess
@@ -12,10 +12,10 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipel
                        UNet2DConditionModel)
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from distdiff.pipeline import DistDiffImg2ImgPipeline
-from distdiff.sampling import default_resolution
-from distdiff.tiny_sd import (FASHION_WORDS, MODEL_MAX_LENGTH, PRESETS, SCHEDULER_CONFIG, VOCAB_WORDS, build_tiny_sd,
-                              build_tokenizer, load_tiny_sd, save_tiny_sd, vae_round_trip_error)
+from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline
+from distdiff.pipelines.sampling import default_resolution
+from distdiff.tiny_sd.model import (FASHION_WORDS, MODEL_MAX_LENGTH, PRESETS, SCHEDULER_CONFIG, VOCAB_WORDS,
+                                    build_tiny_sd, build_tokenizer, load_tiny_sd, save_tiny_sd, vae_round_trip_error)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGIT_PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
@@ -197,8 +197,8 @@ IMG2IMG_MIN_FIDELITY = 0.85
 
 
 def test_generator_pool_is_disjoint_from_train_val_test():
-    from distdiff.data import digits_split_indices
-    from distdiff.registry import load_dataset
+    from distdiff.data.datasets import digits_split_indices
+    from distdiff.data.registry import load_dataset
 
     pool = set(digits_split_indices("pool").tolist())
     others = [set(digits_split_indices(split).tolist()) for split in ("train", "val", "test")]
@@ -212,7 +212,7 @@ def test_generator_pool_is_disjoint_from_train_val_test():
 def test_train_script_trains_on_the_pool_only(monkeypatch, tmp_path):
     import importlib.util
 
-    from distdiff.registry import load_dataset
+    from distdiff.data.registry import load_dataset
 
     spec = importlib.util.spec_from_file_location("train_tiny_sd_script", REPO / "scripts" / "train_tiny_sd.py")
     script = importlib.util.module_from_spec(spec)
@@ -237,7 +237,7 @@ def test_train_script_trains_on_the_pool_only(monkeypatch, tmp_path):
 def test_train_script_takes_the_dataset_and_its_recipe(monkeypatch):
     import importlib.util
 
-    from distdiff.registry import dataset_spec
+    from distdiff.data.registry import dataset_spec
 
     spec = importlib.util.spec_from_file_location("train_tiny_sd_script", REPO / "scripts" / "train_tiny_sd.py")
     script = importlib.util.module_from_spec(spec)
@@ -258,8 +258,8 @@ def test_train_script_takes_the_dataset_and_its_recipe(monkeypatch):
 
 
 def test_shipped_checkpoint_loads_like_sd(tmp_path):
-    from distdiff.registry import load_dataset
-    from distdiff.tiny_sd_train import images_tensor
+    from distdiff.data.registry import load_dataset
+    from distdiff.tiny_sd.train import images_tensor
 
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 20 * 2 ** 20
@@ -277,7 +277,7 @@ def test_shipped_checkpoint_loads_like_sd(tmp_path):
 
 
 def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
-    from distdiff.pixel_judge import generate
+    from distdiff.report.pixel_judge import generate
 
     pipe = DistDiffImg2ImgPipeline.from_pretrained(str(SHIPPED), precision="fp32")
     labels = [d for d in range(10) for _ in range(2)]
@@ -288,8 +288,8 @@ def test_shipped_checkpoint_txt2img_images_show_the_prompted_digit(judge):
 
 
 def test_shipped_checkpoint_img2img_keeps_the_class(judge):
-    from distdiff.registry import load_dataset
-    from distdiff.pixel_judge import generate
+    from distdiff.data.registry import load_dataset
+    from distdiff.report.pixel_judge import generate
 
     pipe = DistDiffImg2ImgPipeline.from_pretrained(str(SHIPPED), precision="fp32")
     train = load_dataset("digits", "train")
@@ -311,9 +311,9 @@ FASHION_VAE_MAX_MAE = 0.03
 
 
 def test_shipped_fashion_checkpoint_is_the_default_and_reconstructs_val():
-    from distdiff.data import DatasetError
-    from distdiff.registry import dataset_spec, load_dataset
-    from distdiff.tiny_sd_train import images_tensor
+    from distdiff.data.datasets import DatasetError
+    from distdiff.data.registry import dataset_spec, load_dataset
+    from distdiff.tiny_sd.train import images_tensor
 
     assert Path(dataset_spec("fashion-mnist").sd_model) == SHIPPED_FASHION  # expand.py -d fashion-mnist finds it
     assert sum(p.stat().st_size for p in SHIPPED_FASHION.rglob("*") if p.is_file()) <= 20 * 2 ** 20

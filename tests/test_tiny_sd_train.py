@@ -1,4 +1,4 @@
-"""Tests of distdiff/tiny_sd_train.py: the two-stage training of a dataset's tiny SD."""
+"""Tests of distdiff/tiny_sd/train.py: the two-stage training of a dataset's tiny SD."""
 
 import json
 
@@ -7,11 +7,10 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
-from distdiff.registry import load_dataset
-from distdiff.tiny_sd import build_tiny_sd
-from distdiff.tiny_sd_train import (RECIPES, TRAIN_DEFAULTS, encode_latents, images_tensor, prompt_table,
-                                    random_shift, recipe_hyperparameters, train_command, train_stage, train_tiny_sd,
-                                    unet_loss)
+from distdiff.data.registry import load_dataset
+from distdiff.tiny_sd.model import build_tiny_sd
+from distdiff.tiny_sd.train import (RECIPES, TRAIN_DEFAULTS, encode_latents, images_tensor, prompt_table, random_shift,
+                                    recipe_hyperparameters, train_command, train_stage, train_tiny_sd, unet_loss)
 
 
 def test_random_shift_moves_content_and_fills_background():
@@ -138,7 +137,7 @@ def test_recipes_differ_from_the_digits_defaults_only_where_they_say():
 
 
 def test_train_command_names_the_recipe_that_writes_a_default_model():
-    from distdiff.registry import DATASETS, dataset_spec
+    from distdiff.data.registry import DATASETS, dataset_spec
 
     assert train_command(dataset_spec("fashion-mnist").sd_model) == \
         "python scripts/train_tiny_sd.py --dataset fashion-mnist"

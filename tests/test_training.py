@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-import distdiff.training as training
-from distdiff.augment import eval_transform, train_transform
-from distdiff.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, load_classifier
-from distdiff.registry import load_dataset
-from distdiff.training import TrainConfig, TrainingError, fit, seed_everything, summarize_history
+import distdiff.training.loop as training
+from distdiff.data.augment import eval_transform, train_transform
+from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, load_classifier
+from distdiff.data.registry import load_dataset
+from distdiff.training.loop import TrainConfig, TrainingError, fit, seed_everything, summarize_history
 
 
 def _digits(test_every=1):

@@ -1,0 +1,1 @@
+"""Whole jobs as the top-level scripts run them (expand.py)."""

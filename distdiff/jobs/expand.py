@@ -1,0 +1,372 @@
+"""One expansion job as expand.py runs it: its typed config (ExpandConfig), flags, per-dataset defaults,
+validation, guide, the run.
+
+The mechanisms (work list, shards, manifest, resume, atomic files) live in distdiff.runs.expansion;
+this module turns expand.py's arguments into one call of `expansion.run_expansion` for the
+shard of this process (`--split` of `--total_split` jobs, each divided among accelerate processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from distdiff.runs import expansion
+from distdiff.data.augment import eval_transform
+from distdiff.cli import add_threads_argument, configure_threads
+from distdiff.models.classifiers import ClassifierError, load_classifier
+from distdiff.data.datasets import DatasetError, dataset_slug
+from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
+from distdiff.utils.files import is_environment_error
+from distdiff.method.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, TRANSFORM_INITS, EnergyGuidance,
+                                      GuideEnergy)
+from distdiff.runs.latent_cache import LatentCache
+from distdiff.runs.manifest import MANIFEST, summarize_manifest
+from distdiff.method.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
+from distdiff.data.registry import dataset_spec, load_dataset
+from distdiff.utils.settings import RULES, check_schedule, check_settings
+from distdiff.report.feature_spaces import add_feature_space_argument, chosen_spaces, requested_spaces
+from distdiff.report.build import REPORT_JSON, build_report
+from distdiff.report.metrics import ReportError
+from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
+                                         START_INDEX_FORMULAS, STEPS, STRENGTH, SamplingConfig, encode_prompts,
+                                         img2img_start_index)
+from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
+
+logger = logging.getLogger(__name__)
+
+GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",
+            "transform_guidance": "transform", "direct_guidance": "direct"}  # the authors' --guidance_type values
+EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd"}
+# The authors' --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
+OPTIMIZE_TARGETS = {"global_prototype-local_prototype": (True, True), "global_prototype": (True, False),
+                    "local_prototype": (False, True)}
+NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
+SEED = 42  # the authors' generate_data.py default
+BATCH_SIZE = 1  # the authors' expand_diff.sh (--train_batch_size 1); raise it on a large GPU
+FEATURE_BATCH_SIZE = 64  # images per guide forward when computing prototypes
+MODEL_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what load_stable_diffusion reads
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    """One expansion job: expand.py's flags, with the paper's defaults (docs/METHOD.md#defaults).
+
+    None means "the dataset's registry entry decides" (model, guide, strength, M) or "derived"
+    (output and cache folders); `resolve` fills them in.
+    """
+
+    dataset: str
+    model: str | None = None  # the registry's: SD v1.4, the embedded tiny SDs for digits / fashion-mnist
+    guide_arch: str | None = None  # the registry's: resnet50, smallcnn for the small datasets
+    guide_checkpoint: str | None = None  # what `train_original.py DATASET ARCH 0.1 False 0` writes
+    output_dir: str | None = None  # expanded/<dataset>/<distdiff|sd|distdiff_direct>_<N>x
+    num_images_per_prompt: int = NUM_IMAGES_PER_PROMPT  # the paper's 5x
+    strength: float | None = None  # STRENGTH (0.5), or the dataset's paper value (PathMNIST: 0.2)
+    steps: int = STEPS  # DDIM 50: the paper, generate_data.py
+    guidance_scale: float = GUIDANCE_SCALE  # CFG 7.5: expand_diff.sh
+    guidance_step: int | None = None  # M: GUIDANCE_STEP (20), or the dataset's paper value (PathMNIST: 10)
+    guidance_period: int = GUIDANCE_PERIOD  # 2: the paper's ablation, expand_diff.sh
+    rho: float = RHO  # 10: the paper's rho ablation
+    constraint_value: float = EPS  # eps 0.2: expand_diff.sh
+    K: int = DEFAULT_K  # group prototypes per class: the paper's K ablation
+    cluster: str = "kmeans"  # the paper's k-means (the authors' code: agglomerative)
+    gs: float = GS  # 1: expand_diff.sh
+    ls: float = LS  # 1: expand_diff.sh
+    optimize_targets: str = "global_prototype-local_prototype"  # both levels: the paper's default
+    guidance: str = "transform"  # DistDiff; "direct" (ablation) or "none" (plain SD img2img)
+    transform_init: str = "random"  # the paper's draw; "identity" is an option of ours
+    transform_iters: int = 1  # the paper's single step; more is an option of ours
+    transform_resolution: int = 1  # the paper's per-channel transform; R x R is an option of ours
+    no_transform_feature_norm: bool = False  # True: as the authors' code, no L2 norm inside transform guidance
+    raw_guide_input: bool = False  # True: the authors' guide input exactly
+    start_index: str = START_INDEX  # diffusers' img2img start index
+    local_files_only: bool = False
+    batch_size: int = BATCH_SIZE  # 1: expand_diff.sh
+    precision: str = PRECISION  # fp16: generate_data.py (fp32 forced on CPU)
+    gradient_checkpointing: bool = False
+    seed: int = SEED  # 42: generate_data.py
+    split: int = 0
+    total_split: int = 1
+    max_source_images: int | None = None
+    data_root: str = "data"
+    resolution: int | None = None  # the model's (512 for SD v1.4)
+    crop: str = "center"
+    cache_dir: str | None = None  # <data_root>/latent_cache
+    no_energy_log: bool = False
+    no_report: bool = False
+    feature_space: tuple[str, ...] | None = None  # the report's spaces (None: every one available)
+    inception_weights: str | None = None
+    num_threads: int | None = None
+
+    @property
+    def method(self) -> str:
+        """The guidance method: transform, direct or none (the authors' --guidance_type names mapped)."""
+        return GUIDANCE[self.guidance]
+
+    def sampling(self) -> SamplingConfig:
+        """The img2img settings the pipeline takes."""
+        return SamplingConfig(strength=self.strength, num_inference_steps=self.steps,
+                              guidance_scale=self.guidance_scale, start_index=self.start_index)
+
+    def energy_guidance(self) -> EnergyGuidance | None:
+        """The guidance hooks the pipeline runs (None for plain SD img2img)."""
+        if self.method == "none":
+            return None
+        return EnergyGuidance(method=self.method, guidance_step=self.guidance_step, period=self.guidance_period,
+                              rho=self.rho, eps=self.constraint_value,
+                              normalize_transform=not self.no_transform_feature_norm,
+                              transform_init=self.transform_init, transform_iterations=self.transform_iters,
+                              transform_resolution=self.transform_resolution)
+
+    def generation_params(self, *, resolution: int, dtype: str) -> dict:
+        """What every image of OUT is made with: OUT/expand_config.json and each manifest line's params."""
+        guide = self.guide_checkpoint
+        return {"dataset": self.dataset, "model": self.model, "resolution": resolution, "crop": self.crop,
+                "dtype": dtype, "strength": self.strength, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                "guidance": self.method, "guidance_step": self.guidance_step, "guidance_period": self.guidance_period,
+                "rho": self.rho, "constraint_value": self.constraint_value, "K": self.K, "cluster": self.cluster,
+                "gs": self.gs, "ls": self.ls, "optimize_targets": self.optimize_targets,
+                "transform_feature_norm": not self.no_transform_feature_norm, "transform_init": self.transform_init,
+                "transform_iters": self.transform_iters, "transform_resolution": self.transform_resolution,
+                "raw_guide_input": self.raw_guide_input, "start_index": self.start_index, "seed": self.seed,
+                "guide_checkpoint": str(Path(guide).resolve()) if guide and Path(guide).is_file() else None}
+
+
+def add_expand_arguments(p: argparse.ArgumentParser) -> None:
+    """expand.py's flags (the authors' names as aliases): one per ExpandConfig field, with its default."""
+    D = ExpandConfig
+    p.add_argument("-d", "--dataset", required=True, help="digits, imagefolder:PATH or a registered dataset")
+    p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", default=None,
+                   help="SD hub id or local diffusers folder (default: the dataset's registry entry, "
+                        "distdiff/data/registry.py: SD v1.4, the embedded tiny SD for digits)")
+    p.add_argument("-a", "--guide_arch", "--arch", dest="guide_arch", default=None,
+                   help="guide architecture (default: the dataset's registry entry: resnet50, smallcnn for digits)")
+    p.add_argument("--guide_checkpoint", "--encoder_weight_path", dest="guide_checkpoint", default=None,
+                   help="guide model_best.pth.tar (default: what `train_original.py DATASET ARCH 0.1 False 0` "
+                        "writes; that command with --print_checkpoint prints it)")
+    p.add_argument("--output_dir", default=None, help="default: expanded/<dataset>/<distdiff|sd|...>_<N>x")
+    p.add_argument("--num_images_per_prompt", type=int, default=D.num_images_per_prompt, help="copies per image")
+    p.add_argument("--strength", type=float, default=None,
+                   help=f"img2img strength in (0, 1] (default: {STRENGTH}; the dataset's paper value, e.g. 0.2 for pathmnist)")
+    p.add_argument("--steps", type=int, default=D.steps, help="DDIM steps T")
+    p.add_argument("--guidance_scale", type=float, default=D.guidance_scale, help="classifier-free guidance")
+    p.add_argument("--guidance_step", type=int, default=None,
+                   help=f"M: guide at schedule index T-M (default: {GUIDANCE_STEP}; the dataset's paper value, e.g. 10 "
+                        f"for pathmnist)")
+    p.add_argument("--guidance_period", type=int, default=D.guidance_period, help="look-ahead / guided steps")
+    p.add_argument("--rho", type=float, default=D.rho, help="guidance learning rate")
+    p.add_argument("--constraint_value", type=float, default=D.constraint_value, help="L-inf radius eps around z_t")
+    p.add_argument("--K", type=int, default=D.K, help="group prototypes per class")
+    p.add_argument("--cluster", choices=sorted(CLUSTERING_METHODS), default=D.cluster,
+                   help="grouping (default k-means; the authors' code: agglomerative)")
+    p.add_argument("--gs", type=float, default=D.gs, help="weight of the class energy D_c")
+    p.add_argument("--ls", type=float, default=D.ls, help="weight of the group energy D_g")
+    p.add_argument("--optimize_targets", choices=sorted(OPTIMIZE_TARGETS), default=D.optimize_targets,
+                   help="prototype levels in the energy (the authors' flag; one level sets the other weight to 0)")
+    p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default=D.guidance,
+                   help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
+    p.add_argument("--transform_init", choices=sorted(TRANSFORM_INITS), default=D.transform_init,
+                   help="where transform guidance's per-channel (e, b) start: the paper's random draw, or the "
+                        "identity (an option of ours: no blind draw; docs/METHOD.md#transform-guidance)")
+    p.add_argument("--transform_iters", type=int, default=D.transform_iters,
+                   help="gradient steps on (e, b) at the guided step (the paper: 1; more is an option of ours)")
+    p.add_argument("--transform_resolution", type=int, default=D.transform_resolution,
+                   help="transform guidance's scale/bias: one per latent channel (1, the paper) or an R x R field "
+                        "per channel, nearest-upsampled to the latent (an option of ours)")
+    p.add_argument("--no_transform_feature_norm", action="store_true",
+                   help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
+    p.add_argument("--raw_guide_input", action="store_true",
+                   help="the authors' guide input exactly: the decoded [-1,1] image, no mean/std, resized bicubic "
+                        "(no antialias) to 224 px, instead of the prototypes' preprocessing")
+    p.add_argument("--start_index", choices=sorted(START_INDEX_FORMULAS), default=D.start_index,
+                   help="first img2img step: diffusers' T - int(T*s) or the authors' int((1-s)*T); "
+                        "they differ at s=0.8 and 0.9")
+    p.add_argument("--local_files_only", action="store_true",
+                   help="never download --model: a hub id must already be in the Hugging Face cache")
+    p.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=D.batch_size,
+                   help="images per sampling batch (sources and copies mixed)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default=D.precision, help="fp32 is forced on CPU")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="less memory for the guidance backward")
+    p.add_argument("--seed", type=int, default=D.seed, help="run seed; each image's seed hashes it with its name")
+    p.add_argument("--split", type=int, default=D.split, help="which of --total_split independent jobs this is")
+    p.add_argument("--total_split", type=int, default=D.total_split, help="number of independent jobs (e.g. one per GPU)")
+    p.add_argument("--max_source_images", type=int, default=None, help="expand only N source images (smoke runs)")
+    p.add_argument("--data_root", default=D.data_root, help="folder holding the datasets")
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's (512 for SD v1.4)")
+    p.add_argument("--crop", choices=sorted(SOURCE_CROPS), default=D.crop, help="source image to a square")
+    p.add_argument("--cache_dir", default=None, help="VAE latent cache (default: <data_root>/latent_cache)")
+    p.add_argument("--no_energy_log", action="store_true", help="skip measuring D_c/D_g for the manifest (faster)")
+    p.add_argument("--no_report", action="store_true",
+                   help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
+    add_feature_space_argument(p)
+    p.add_argument("--inception_weights", default=None, metavar="FILE",
+                   help="local InceptionV3 weights (weights-inception-2015-12-05-6726825d.pth): the report measures "
+                        "FID/KID in Inception's features too")
+    add_threads_argument(p)
+
+
+# Flags whose default depends on the dataset (its registry entry's expand_defaults), with the paper's general value.
+DATASET_DEPENDENT = {"strength": STRENGTH, "guidance_step": GUIDANCE_STEP}
+
+
+def apply_dataset_defaults(config: ExpandConfig) -> ExpandConfig:
+    """`config` with the settings left unset filled from the dataset's registry entry, else the paper's defaults."""
+    overrides = dataset_spec(config.dataset).expand_defaults
+    return replace(config, **{name: overrides.get(name, default) for name, default in DATASET_DEPENDENT.items()
+                              if getattr(config, name) is None})
+
+
+def validate(args: ExpandConfig) -> None:
+    """Reject flag values that cannot work, naming the flag and the fix (rules: distdiff.utils.settings)."""
+    check_settings(**{name: getattr(args, name, None) for name in RULES})
+    if args.method != "none":  # the guidance schedule flags are unused by plain SD
+        check_schedule(steps=args.steps, guidance_step=args.guidance_step, guidance_period=args.guidance_period,
+                       start=img2img_start_index(args.steps, args.strength, args.start_index))
+    for flag in ("transform_iters", "transform_resolution"):
+        if getattr(args, flag) < 1:
+            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    if not 0 <= args.split < args.total_split:
+        raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
+    use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
+    if args.method != "none" and not (use_dc and args.gs > 0 or use_dg and args.ls > 0):
+        raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
+                                       "--optimize_targets); give one a positive weight, or use --guidance none.")
+    if not args.no_report:  # a report space that cannot be measured is said before the expansion, not after it
+        chosen_spaces(requested_spaces(args.feature_space), args.inception_weights)
+
+
+def resolve_paths(config: ExpandConfig) -> ExpandConfig:
+    """`config` with the per-dataset defaults of --model, -a, --guide_checkpoint, --output_dir and --cache_dir."""
+    slug = dataset_slug(config.dataset)
+    spec = dataset_spec(config.dataset)
+    model = config.model
+    if model is None:
+        model = spec.sd_model
+        if Path(model).is_absolute() and not Path(model).is_dir():
+            from distdiff.tiny_sd.train import train_command  # the recipe writing this folder (shifted digits: digits')
+
+            raise expansion.ExpansionError(f"the default model for {config.dataset}, {model}, does not exist; "
+                                           f"train it with `{train_command(model)}` or pass --model.")
+    guide_arch = config.guide_arch or spec.guide_arch
+    default_guide = guide_checkpoint(config.dataset, guide_arch)
+    guide = config.guide_checkpoint or str(default_guide)
+    if not Path(guide).is_file() and (config.method != "none" or config.guide_checkpoint is not None):
+        raise expansion.ExpansionError(
+            f"guide checkpoint {guide} not found. Train the guide with `python train_original.py "
+            f"{config.dataset} {guide_arch} {GUIDE_LR:g} False 0` (writes {default_guide}) "
+            f"or pass --guide_checkpoint.")
+    output_dir = config.output_dir or str(Path("expanded") / slug /
+                                          f"{EXPERIMENT_NAMES[config.method]}_{config.num_images_per_prompt}x")
+    return replace(config, model=model, guide_arch=guide_arch, guide_checkpoint=guide, output_dir=output_dir,
+                   cache_dir=config.cache_dir or str(Path(config.data_root) / "latent_cache"))
+
+
+def load_guide(args: ExpandConfig, train, state, device, *, check_arch: bool):
+    """The guide with its prototypes (computed once into OUT), or None for --guidance none without a guide.
+
+    `check_arch`: the user named -a, so the checkpoint must be of that architecture."""
+    if not Path(args.guide_checkpoint).is_file():
+        logger.info("no guide checkpoint at %s: plain SD run, D_c/D_g not recorded", args.guide_checkpoint)
+        return None
+    model, info = load_classifier(args.guide_checkpoint, device,
+                                  expected_arch=args.guide_arch if check_arch else None)
+    if list(info["classes"]) != list(train.classes):
+        raise expansion.ExpansionError(f"guide {args.guide_checkpoint} was trained on classes {info['classes'][:5]}... "
+                                       f"of {info['dataset']}, not on {args.dataset}'s; pass its own guide.")
+    stat = Path(args.guide_checkpoint).stat()
+    metadata = {"dataset": args.dataset, "split": "train", "guide_checkpoint": str(Path(args.guide_checkpoint).resolve()),
+                "guide_file": f"{stat.st_size}:{stat.st_mtime_ns}", "k": args.K, "method": args.cluster, "seed": args.seed,
+                "image_size": info["image_size"], "mean": list(info["mean"]), "std": list(info["std"])}
+
+    def compute(metadata):
+        data = train.with_transform(eval_transform(info["image_size"], info["mean"], info["std"]))
+        return compute_prototypes(model, data, k=args.K, method=args.cluster, seed=args.seed,
+                                  batch_size=FEATURE_BATCH_SIZE, device=device, metadata=metadata)
+
+    prototypes = expansion.shared_prototypes(state, Path(args.output_dir), metadata, compute)
+    use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
+    return GuideEnergy(model, prototypes.to(device), image_size=info["image_size"], mean=info["mean"],
+                       std=info["std"], raw_input=args.raw_guide_input, gs=args.gs if use_dc else 0.0,
+                       ls=args.ls if use_dg else 0.0)
+
+
+def write_run_report(args: ExpandConfig, out: Path, guide_checkpoint: str | None, device) -> None:
+    """OUT/report.html + report.json; a report that cannot be made is a warning, the images stay valid."""
+    logger.info("the work list is finished: writing its report in %s", out)
+    try:
+        build_report([out], data_root=args.data_root, dataset=args.dataset, guide_checkpoint=guide_checkpoint,
+                     feature_spaces=requested_spaces(args.feature_space), inception_weights=args.inception_weights,
+                     device=device)
+    except (ReportError, DatasetError, ClassifierError) as err:
+        logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
+
+
+def run(config: ExpandConfig) -> dict:
+    """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
+    args = apply_dataset_defaults(config)
+    validate(args)
+    args = resolve_paths(args)
+    if not torch.cuda.is_available():
+        logger.info("using %d CPU threads", configure_threads(args.num_threads))
+    # Without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = state.device
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    selected = expansion.select_sources(train, args.max_source_images)
+    # Every job builds (and checks the file names of) the whole work list before any work: each --split job then
+    # refuses the same source, and the one that finds the whole list finished writes the report.
+    work_list = expansion.work_items(train, selected, num_copies=args.num_images_per_prompt, seed=args.seed)
+    shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
+    ours = set(expansion.shard_sources(selected, shard=shard, num_shards=num_shards))
+    items = [it for it in work_list if it.source_index in ours]
+    missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
+    if missing:  # diffusers would only say "no file named config.json in <model>"
+        lacks = ", ".join(f"{sub}/" for sub in missing)
+        raise expansion.ExpansionError(f"--model {args.model} is a folder without {lacks}; a diffusers Stable "
+                                       f"Diffusion folder holds {', '.join(MODEL_SUBFOLDERS)} (and model_index.json).")
+    try:
+        sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
+                                   gradient_checkpointing=args.gradient_checkpointing,
+                                   local_files_only=args.local_files_only)
+    except OSError as err:  # diffusers' "cannot find the model" is an OSError without errno
+        if is_environment_error(err):
+            raise
+        raise expansion.ExpansionError(str(err)) from err
+    resolution = args.resolution or sd.default_resolution
+    if resolution % sd.vae_scale_factor:
+        raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
+                                       f"{sd.vae_scale_factor}.")
+    guidance = args.energy_guidance()
+    params = args.generation_params(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
+    out = Path(args.output_dir)
+    expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast
+    expansion.check_copies(out, args.num_images_per_prompt)
+    guide = load_guide(args, train, state, device, check_arch=config.guide_arch is not None)
+
+    cache = LatentCache(args.cache_dir, sd, model=args.model, resolution=resolution, crop=args.crop,
+                        precision=params["dtype"])
+    prompts = encode_prompts(sd, [train.prompt(c) for c in range(len(train.classes))])
+    begin = time.perf_counter()
+    written = expansion.run_expansion(
+        sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, sampling=args.sampling(),
+        guidance=guidance, guide=guide, batch_size=args.batch_size, record_energy=not args.no_energy_log,
+        progress=state.is_local_main_process, shard=shard, num_shards=num_shards)
+    seconds = time.perf_counter() - begin
+    state.wait_for_everyone()
+    # The ranks' shared work ends here. The report is one process's job, and torchmetrics' FID/KID would otherwise
+    # try to sync their states with ranks that have left (a crash in gloo, a hang in NCCL).
+    state.destroy_process_group()
+    # One process per launch asks (after the barrier, so for all of its ranks); the turn marker picks among launches.
+    if not args.no_report and state.is_main_process and expansion.report_due(
+            out, work_list, report=out / REPORT_JSON, made_images=written > 0):
+        write_run_report(args, out, params["guide_checkpoint"], device)
+    return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
+            "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}
+

@@ -1,0 +1,1 @@
+"""Classifiers (the guide and the trained models) and packaged ImageNet weights."""

@@ -1,0 +1,1 @@
+"""The Stable Diffusion img2img pipeline with guidance hooks, its building blocks and its loader."""

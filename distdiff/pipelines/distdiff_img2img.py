@@ -1,0 +1,206 @@
+"""DistDiffImg2ImgPipeline: Stable Diffusion img2img (DDIM, classifier-free guidance) with guidance hooks.
+
+docs/METHOD.md#pipeline, step 3. A diffusers `DiffusionPipeline` over the SD components (unet,
+vae, text_encoder, tokenizer, scheduler) whose `__call__` is the whole sampling loop: it is
+diffusers' StableDiffusionImg2ImgPipeline step for step (tests/test_sampling.py), plus two named
+hooks of a `Guidance` (distdiff/method/guidance.py) at the guided schedule indices, the way
+guided-diffusion hands its sampler a `cond_fn`, and observers (distdiff/method/observers.py) that
+measure without changing anything. Use it without the scripts:
+
+    pipe = DistDiffImg2ImgPipeline.from_pretrained("CompVis/stable-diffusion-v1-4")   # or a folder
+    out = pipe(images, labels=labels, prompts=class_prompts, generator=generators,
+               guidance=EnergyGuidance(), guide=GuideEnergy(classifier, prototypes, ...),
+               observers=[EnergyRecorder(...)])
+    out.images, out.records
+
+Every image has its own CPU torch.Generator, which draws, in this order, its VAE latent sample,
+its img2img noise and its transform-guidance scale/bias: an image does not depend on the batch it
+is in, the shard that made it or a resume. Each call sets up its own scheduler from the
+pipeline's config, so no state carries over between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from distdiff.method.guidance import Guidance, GuideEnergy, StepContext
+from distdiff.method.observers import StepObserver
+from distdiff.pipelines.loading import load_components
+from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, START_INDEX, STEPS, STRENGTH,
+                                         PromptEmbeddings, decode_latents, default_resolution, encode_latent_dist,
+                                         encode_prompts, img2img_start_index, make_denoiser, make_image_energy,
+                                         resolve_dtype, to_unit_range)
+from distdiff.utils.settings import check_schedule, check_settings
+
+
+@dataclass
+class DistDiffOutput(BaseOutput):
+    """Images [B,3,H,W] float32 in [0,1] on CPU, and the observers' per-image records (each a list of B floats)."""
+
+    images: torch.Tensor
+    records: dict[str, list[float]] = field(default_factory=dict)
+
+
+class DistDiffImg2ImgPipeline(DiffusionPipeline):
+    """SD 1.x/2.x img2img with DDIM and CFG, guided by a `Guidance` and watched by `StepObserver`s."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                 tokenizer: CLIPTokenizer, scheduler: DDIMScheduler):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, model: str, **kwargs) -> "DistDiffImg2ImgPipeline":
+        """Load a hub id or diffusers folder of SD 1.x/2.x (keywords of load_stable_diffusion below: device,
+        precision, gradient_checkpointing, local_files_only); other families are refused in one line."""
+        return load_stable_diffusion(model, **kwargs)
+
+    # The unet's, not DiffusionPipeline's search over every module: the loop reads these at every step.
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_resolution(self) -> int:
+        """Image side in pixels this model generates by default (512 for SD v1.4)."""
+        return default_resolution(self.unet, self.vae)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def prepare_latents(self, latent_params: torch.Tensor | None, generators: Sequence[torch.Generator],
+                        scheduler: DDIMScheduler, first_t: torch.Tensor, batch: int) -> torch.Tensor:
+        """z_t at the first step: VAE sample + img2img noise from posteriors [B,2C,h,w], or pure noise (txt2img).
+
+        The same draws, in the same order, as diffusers' SD pipelines with a list of generators."""
+        if latent_params is None:
+            side = self.unet.config.sample_size
+            shape = (batch, self.unet.config.in_channels, side, side)
+            noise = randn_tensor(shape, generator=list(generators), device=torch.device("cpu"), dtype=torch.float32)
+            return (noise * scheduler.init_noise_sigma).to(self.device, self.dtype)
+        init = torch.cat([DiagonalGaussianDistribution(latent_params[i:i + 1]).sample(generator=g)
+                          for i, g in enumerate(generators)]) * self.vae.config.scaling_factor
+        noise = randn_tensor(init.shape, generator=list(generators), device=torch.device("cpu"), dtype=torch.float32)
+        return scheduler.add_noise(init, noise, first_t.cpu().repeat(batch)).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor | None = None, *, labels: torch.Tensor | Sequence[int],
+                 generator: Sequence[torch.Generator], prompts: Sequence[str] | None = None,
+                 prompt_embeds: PromptEmbeddings | None = None, latent_params: torch.Tensor | None = None,
+                 strength: float = STRENGTH, num_inference_steps: int = STEPS,
+                 guidance_scale: float = GUIDANCE_SCALE, guidance: Guidance | None = None,
+                 guide: GuideEnergy | None = None, observers: Sequence[StepObserver] = (),
+                 start_index: str = START_INDEX) -> DistDiffOutput:
+        """Generate one image per label [B] from source images [B,3,R,R] in [0,1] (or VAE posteriors
+        `latent_params` [B,2C,h,w], e.g. cached; neither: txt2img from noise), one generator per image.
+
+        Class prompts: `prompts` (one text per class, indexed by `labels`) or their `prompt_embeds`.
+        The first step is img2img_start_index(num_inference_steps, strength, start_index) (0 for
+        txt2img). `guidance` (needs `guide`) runs its hooks where its applies_at says.
+        """
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        batch = labels.shape[0]
+        if len(generator) != batch:
+            raise ValueError(f"need one generator per image: {batch} labels, {len(generator)} generators.")
+        if guidance is not None and guide is None:
+            raise ValueError("guidance needs a guide (GuideEnergy) to compute the energy.")
+        if (prompts is None) == (prompt_embeds is None):
+            raise ValueError("pass the class prompts as exactly one of `prompts` and `prompt_embeds`.")
+        prompt_embeds = prompt_embeds if prompt_embeds is not None else encode_prompts(self, list(prompts))
+        if image is not None:
+            latent_params = encode_latent_dist(self, image * 2.0 - 1.0)
+        if latent_params is not None and latent_params.shape[0] != batch:
+            raise ValueError(f"need one source per label: {latent_params.shape[0]} sources, {batch} labels.")
+        check_settings(guidance_scale=guidance_scale)
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = scheduler.timesteps
+        start = 0 if latent_params is None else img2img_start_index(num_inference_steps, strength, start_index)
+        if guidance is not None and hasattr(guidance, "guidance_step"):
+            check_schedule(steps=num_inference_steps, guidance_step=guidance.guidance_step,
+                           guidance_period=guidance.period, start=start)
+        latents = self.prepare_latents(latent_params, generator, scheduler, timesteps[start:start + 1], batch)
+
+        labels = labels.to(self.device)
+        ctx = StepContext(timesteps=timesteps,
+                          denoise=make_denoiser(self, prompt_embeds, labels, scheduler=scheduler,
+                                                guidance_scale=guidance_scale),
+                          image_energy=make_image_energy(self, guide, labels) if guide is not None else None,
+                          generators=generator)
+        for observer in observers:
+            observer.on_start(ctx, batch)
+        for index in range(start, num_inference_steps):
+            if guidance is not None and guidance.applies_at(index, num_inference_steps):
+                for observer in observers:
+                    observer.on_guidance(index, latents)
+                output = guidance.before_step(latents, index, ctx)
+                replaced = guidance.replace_step(output.latents, index, ctx)
+                output = replaced if replaced is not None else output
+                for observer in observers:
+                    observer.on_guided(index, output)
+                latents = output.latents
+                if replaced is not None:
+                    continue
+            latents, x0 = ctx.denoise(latents, timesteps[index])
+            for observer in observers:
+                observer.on_step(index, latents, x0)
+        decoded = decode_latents(self, latents)
+        for observer in observers:
+            observer.on_end(latents, decoded)
+        records = {k: v for observer in observers for k, v in getattr(observer, "records", {}).items()}
+        return DistDiffOutput(images=to_unit_range(decoded), records=records)
+
+
+def from_components(components: dict, *, device: torch.device | str = "cpu", precision: str = "fp32",
+                    gradient_checkpointing: bool = False) -> DistDiffImg2ImgPipeline:
+    """The pipeline over dict(unet, vae, text_encoder, tokenizer, scheduler) (e.g. tiny_sd.model.build_tiny_sd()),
+    frozen, in eval mode, on `device` in `precision`'s dtype, with a DDIM scheduler."""
+    device = torch.device(device)
+    dtype = resolve_dtype(precision, device)
+    scheduler = components["scheduler"]
+    if not isinstance(scheduler, DDIMScheduler):
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    models = {}
+    for name in ("unet", "vae", "text_encoder"):
+        model = components[name].to(device)
+        if model.dtype != dtype:  # casting with to(dtype) makes diffusers warn, so only when needed
+            model = model.to(dtype=dtype)
+        models[name] = model.eval().requires_grad_(False)
+    if gradient_checkpointing:  # only acts where gradients flow: the guidance backward
+        models["unet"].enable_gradient_checkpointing()
+        models["vae"].enable_gradient_checkpointing()
+    pipe = DistDiffImg2ImgPipeline(**models, tokenizer=components["tokenizer"], scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_stable_diffusion(model: str, *, device: torch.device | str = "cpu", precision: str = PRECISION,
+                          gradient_checkpointing: bool = False, local_files_only: bool = False
+                          ) -> DistDiffImg2ImgPipeline:
+    """The pipeline of an SD 1.x/2.x hub id or local diffusers folder (distdiff.pipelines.loading: family check,
+    damaged files named as such), on `device` in `precision` (fp32 on CPU)."""
+    dtype = resolve_dtype(precision, device)
+    components = load_components(model, dtype=dtype, local_files_only=local_files_only)
+    effective = next(name for name, value in PRECISIONS.items() if value == dtype)  # logged once, above
+    return from_components(components, device=device, precision=effective,
+                           gradient_checkpointing=gradient_checkpointing)

@@ -1,0 +1,1 @@
+"""Expansion reports: distances in feature spaces, label fidelity, the HTML page."""

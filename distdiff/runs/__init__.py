@@ -1,0 +1,1 @@
+"""Expansion runs: the work list, sharding, claims, the manifest and the latent cache."""

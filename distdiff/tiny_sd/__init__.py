@@ -1,0 +1,1 @@
+"""The small SD-architecture models the project ships and trains (checkpoint/tiny-sd-*)."""

@@ -1,0 +1,1 @@
+"""Classifier training: the loop, one run as the scripts run it, and results across seeds."""

@@ -1,0 +1,337 @@
+"""One training run as train_original.py / train_expand.py run it: arguments, folders, data, results.
+
+Run folder: `<output_root>/<dataset_slug>/[<EXP>/]<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/seed<N>/`
+holding model_best.pth.tar, last_state.pth.tar (resume), log.txt and results.yaml (written last:
+its presence marks a finished run, which is skipped unless --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from distdiff.data import datasets as data
+from distdiff.data.augment import AUGMENTS, eval_transform, train_transform
+from distdiff.models.classifiers import ARCHS, CHECKPOINT_NAME, build_classifier
+from distdiff.cli import add_threads_argument, configure_threads
+from distdiff.utils.images import ImageError
+from distdiff.data.registry import dataset_has_split, dataset_spec, load_dataset
+from distdiff.training.results import RESULTS_NAME, write_results
+from distdiff.training.loop import (LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, check_global_batch, fit,
+                                    make_accelerator, seed_everything)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VAL_FRACTION = 0.1  # our choice: the paper has no validation split
+EXPANDED_ROOT = "expanded"  # train_expand.py reads expanded/<dataset_slug>/<EXP>/ unless --expanded_dir
+MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's choices
+# The guide expand.py uses by default is the run `train_original.py DATASET ARCH 0.1 False 0` writes:
+# the paper's guide is trained from scratch with lr 0.1 (docs/METHOD.md#defaults), seed 1 of 1 2 3.
+GUIDE_LR = 0.1
+GUIDE_SEED = 1
+
+
+def parse_pretrained(text: str) -> bool:
+    """PRETRAINED exactly as the paper's README writes it: True or False."""
+    values = {"True": True, "False": False}
+    if text not in values:
+        raise argparse.ArgumentTypeError(f"PRETRAINED must be True or False (as in `python train_original.py "
+                                         f"caltech-101 resnet50 0.1 False 0`), got '{text}'.")
+    return values[text]
+
+
+def parse_lr(text: str) -> float:
+    """LR: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"LR must be a positive number such as 0.1, got '{text}'.")
+    return value
+
+
+def parse_gpu(text: str) -> str:
+    """GPU: a CUDA device index or a comma list of them (e.g. 0 or 0,1)."""
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise argparse.ArgumentTypeError(f"GPU must be a device index such as 0 (or a list such as 0,1), got '{text}'.")
+    return text
+
+
+def parse_exp(text: str) -> str:
+    """EXP: an experiment name usable as one folder name."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"EXP names a folder: use letters, digits and _ . + - only, got '{text}'.")
+    return text
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: the arguments of train_original.py / train_expand.py, with the paper's defaults.
+
+    The optimisation defaults are TrainConfig's (distdiff/training/loop.py, with their sources); None
+    means "the dataset's registry entry decides" (image size, flips).
+    """
+
+    dataset: str
+    arch: str
+    lr: float  # the paper: 0.1 from scratch
+    pretrained: bool
+    gpu: str = "0"
+    exp: str | None = None  # train_expand.py's EXP: original + synthetic of expanded/<dataset>/<EXP>
+    expanded_dir: str | None = None
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    seed: int = TrainConfig.seed
+    image_size: int | None = None  # the registry's (the paper's 224; 32 for the small datasets)
+    augment: str = TrainConfig.augment
+    flip: bool | None = None  # the registry's (no flips for digits)
+    validation: bool = False
+    val_fraction: float | None = None  # DEFAULT_VAL_FRACTION of train when the dataset has no val split
+    data_root: str = "data"
+    output_root: str = "checkpoint"
+    mixed_precision: str = "no"
+    num_workers: int = TrainConfig.num_workers
+    pretrained_path: str | None = None
+    overwrite: bool = False
+    skip_unreadable: bool = False
+    num_threads: int | None = None
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> None:
+    """The positional arguments of the paper's scripts and the optional flags both scripts share (RunConfig's)."""
+    defaults = RunConfig
+    parser.add_argument("dataset", metavar="DATASET", help="digits, imagefolder:PATH or a registered dataset")
+    parser.add_argument("arch", metavar="ARCH", choices=sorted(ARCHS), help=f"one of {sorted(ARCHS)}")
+    parser.add_argument("lr", metavar="LR", type=parse_lr, help="learning rate (paper: 0.1)")
+    if expand:
+        parser.add_argument("exp", metavar="EXP", type=parse_exp, help="experiment name (names the output folder)")
+    parser.add_argument("pretrained", metavar="PRETRAINED", type=parse_pretrained, help="True or False")
+    parser.add_argument("gpu", metavar="GPU", type=parse_gpu, help="CUDA device index; ignored on CPU")
+    if expand:
+        parser.add_argument("--expanded_dir", default=None,
+                            help=f"synthetic images <dir>/<class>/*.png (default {EXPANDED_ROOT}/<dataset_slug>/<EXP>)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="paper: 100 (docs/METHOD.md#defaults)")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="paper: 64")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="the paper averages seeds 1 2 3")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="default: the dataset's registry entry (the paper's 224, 32 for digits); with PRETRAINED "
+                             "True the resolution the ImageNet weights were trained at (224)")
+    parser.add_argument("--augment", choices=sorted(AUGMENTS), default=defaults.augment, help="extra augmentation")
+    flip = parser.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
+    flip.add_argument("--no_flip", dest="flip", action="store_false",
+                      help="no flips (the default where the dataset's registry entry says so: digits)")
+    parser.add_argument("--validation", action="store_true",
+                        help="report test accuracy at the best validation epoch (dataset's val split, else "
+                             "--val_fraction of train)")
+    parser.add_argument("--val_fraction", type=float, default=None,
+                        help=f"with --validation: hold out this fraction of each class's train images "
+                             f"(default {DEFAULT_VAL_FRACTION} when the dataset has no val split)")
+    parser.add_argument("--data_root", default=defaults.data_root, help="folder holding the datasets")
+    parser.add_argument("--output_root", default=defaults.output_root, help="folder for run outputs")
+    parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=defaults.mixed_precision,
+                        help="accelerate's flag")
+    parser.add_argument("--num_workers", type=int, default=defaults.num_workers, help="DataLoader workers")
+    parser.add_argument("--pretrained_path", default=None, help="local ImageNet weight file for PRETRAINED True")
+    parser.add_argument("--overwrite", action="store_true", help="rerun a finished run from scratch")
+    parser.add_argument("--print_checkpoint", action="store_true",
+                        help="print the path of this run's model_best.pth.tar and exit (shell scripts use it to "
+                             "find the guide)")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="skip image files that cannot be read (listed in the log, counted in results.yaml) "
+                             "instead of stopping at the first one")
+    add_threads_argument(parser)
+
+
+def run_name(arch: str, pretrained: bool, lr: float, augment: str) -> str:
+    """`<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]`, e.g. resnet50_unpretrained_lr0.1."""
+    name = f"{arch}_{'pretrained' if pretrained else 'unpretrained'}_lr{lr:g}"
+    return name if augment == "default" else f"{name}_{augment}"
+
+
+def run_path(*, output_root: str | Path, dataset: str, arch: str, pretrained: bool, lr: float, seed: int,
+             augment: str = "default", exp: str | None = None) -> Path:
+    """The seed folder of a run (see the module docstring); the one place that spells the layout."""
+    root = Path(output_root) / data.dataset_slug(dataset)
+    if exp:
+        root = root / exp
+    return root / run_name(arch, pretrained, lr, augment) / f"seed{seed}"
+
+
+def run_dir(args: RunConfig) -> Path:
+    """The seed folder of the run `args` describes."""
+    return run_path(output_root=args.output_root, dataset=args.dataset, arch=args.arch, pretrained=args.pretrained,
+                    lr=args.lr, seed=args.seed, augment=args.augment, exp=args.exp)
+
+
+def checkpoint_path(args: RunConfig) -> Path:
+    """The model_best.pth.tar the run writes (what --print_checkpoint prints)."""
+    return run_dir(args) / CHECKPOINT_NAME
+
+
+def guide_checkpoint(dataset: str, arch: str, *, output_root: str | Path = "checkpoint") -> Path:
+    """expand.py's default guide: what `train_original.py DATASET ARCH 0.1 False 0` writes."""
+    return run_path(output_root=output_root, dataset=dataset, arch=arch, pretrained=False, lr=GUIDE_LR,
+                    seed=GUIDE_SEED) / CHECKPOINT_NAME
+
+
+def image_settings(args: RunConfig) -> tuple[int, bool]:
+    """(image size, flip) of a run: the flags where given, else the dataset's registry entry.
+
+    A pretrained model defaults to the resolution its ImageNet weights were trained at: at the
+    digits' 32 px its 32x-downsampling backbones would see a 1x1 map, unlike anything it learned.
+    """
+    spec = dataset_spec(args.dataset)
+    default_size = ARCHS[args.arch].input_size if args.pretrained else spec.image_size
+    return args.image_size or default_size, spec.flip if args.flip is None else args.flip
+
+
+def configure_gpu(gpu: str) -> str:
+    """Expose only CUDA device(s) `gpu` (before accelerate starts); returns a note for the log."""
+    if "LOCAL_RANK" in os.environ:
+        return f"GPU {gpu} ignored: accelerate launch assigns the devices"
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if not torch.cuda.is_available():
+        return f"GPU {gpu} ignored: no CUDA device, training on CPU"
+    return f"using CUDA device(s) {gpu}"
+
+
+def _validate(args: RunConfig) -> None:
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise TrainingError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise TrainingError(f"--num_threads must be at least 1, got {args.num_threads}.")
+    if args.num_workers < 0:
+        raise TrainingError(f"--num_workers must be 0 or more, got {args.num_workers}.")
+    if args.image_size is not None and args.image_size < 8:
+        raise TrainingError(f"--image_size must be at least 8 pixels, got {args.image_size}.")
+    if args.val_fraction is not None and not args.validation:
+        raise TrainingError("--val_fraction only applies with --validation; add --validation or drop it.")
+
+
+def _drop_synthetic_of(synthetic: data.LabeledImages, held_out: data.LabeledImages) -> data.LabeledImages:
+    """Synthetic images whose source image is not in `held_out` (expand.py names them <stem>_expand_<i>)."""
+    held = {(s.label, s.stem) for s in held_out.samples}
+    made_from = [data.source_of_synthetic(s.stem) for s in synthetic.samples]
+    keep = [i for i, (s, source) in enumerate(zip(synthetic.samples, made_from))
+            if source is None or (s.label, source[0]) not in held]
+    return synthetic.subset(keep)
+
+
+def _without_unreadable(dataset: data.LabeledImages | None) -> tuple[data.LabeledImages | None, int]:
+    """`dataset` less the image files open_image cannot read (each logged), and how many were dropped."""
+    if dataset is None:
+        return None, 0
+    kept = []
+    for index in range(len(dataset)):
+        try:
+            dataset.load_image(index)
+            kept.append(index)
+        except ImageError as err:
+            logger.warning("skipping unreadable image (--skip_unreadable): %s", err)
+    return dataset.subset(kept), len(dataset) - len(kept)
+
+
+def load_run_data(args: RunConfig, image_size: int, flip: bool, expanded_dir: str | Path | None
+                  ) -> dict[str, Any]:
+    """Transformed train (original [+ synthetic]), val (or None) and test sets, and their sizes."""
+    name, root = args.dataset, args.data_root
+    train = load_dataset(name, "train", root=root)
+    test = load_dataset(name, "test", root=root)
+    val, val_source = None, None
+    if args.validation:
+        if args.val_fraction is None and dataset_has_split(name, "val", root):
+            val, val_source = load_dataset(name, "val", root=root), "val split"
+        else:
+            fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
+            train, val = data.holdout(train, fraction, seed=0)
+            val_source = f"{fraction:g} of train"
+    synthetic, dropped = None, 0
+    if expanded_dir is not None:
+        synthetic = data.load_expanded(expanded_dir, train.classes, prompt_template=train.prompt_template)
+        if val is not None and val_source != "val split":
+            kept = _drop_synthetic_of(synthetic, val)
+            dropped = len(synthetic) - len(kept)
+            if dropped:
+                logger.warning("dropped %d synthetic images made from held-out validation images", dropped)
+            synthetic = kept
+    skipped = 0
+    if args.skip_unreadable:
+        (train, n_train), (test, n_test), (val, n_val), (synthetic, n_synthetic) = [
+            _without_unreadable(d) for d in (train, test, val, synthetic)]
+        skipped = n_train + n_test + n_val + n_synthetic
+        if skipped:
+            logger.warning("--skip_unreadable: skipped %d unreadable images (train %d, val %d, test %d, synthetic %d)",
+                           skipped, n_train, n_val, n_test, n_synthetic)
+    mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
+    train_tf = train_transform(image_size, mean, std, flip=flip, augment=args.augment)
+    eval_tf = eval_transform(image_size, mean, std)
+    parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
+    return {"train": ConcatDataset(parts) if len(parts) > 1 else parts[0], "classes": train.classes,
+            "val": val.with_transform(eval_tf) if val is not None else None, "test": test.with_transform(eval_tf),
+            "counts": {"num_train": len(train), "num_synthetic": len(synthetic) if synthetic else 0,
+                       "num_synthetic_dropped": dropped, "num_val": len(val) if val is not None else 0,
+                       "num_test": len(test), "num_unreadable_skipped": skipped},
+            "val_source": val_source}
+
+
+def _plain(value: Any) -> Any:
+    # Checkpoints are read with weights_only=True, which accepts only plain python values.
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def run_training(args: RunConfig) -> dict[str, Any] | None:
+    """Train one seed; returns results.yaml's content, or None for a skipped finished run."""
+    _validate(args)
+    out = run_dir(args)
+    if (out / RESULTS_NAME).is_file() and not args.overwrite:
+        logger.warning("skipping %s: finished (results.yaml exists); pass --overwrite to run it again", out)
+        return None
+    logger.info(configure_gpu(args.gpu))
+    if not torch.cuda.is_available():
+        logger.info("using %d CPU threads", configure_threads(args.num_threads))
+    accelerator = make_accelerator(args.mixed_precision)
+    check_global_batch(args.batch_size, accelerator)  # before --overwrite deletes anything
+    if args.overwrite:
+        if accelerator.is_main_process:  # once, and before any process writes the new run's files
+            for name in (RESULTS_NAME, CHECKPOINT_NAME, LAST_STATE_NAME, LOG_NAME):
+                (out / name).unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+    expanded_dir = None
+    if args.exp:
+        expanded_dir = args.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(args.dataset) / args.exp
+    image_size, flip = image_settings(args)
+    run_data = load_run_data(args, image_size, flip, expanded_dir)
+
+    seed_everything(args.seed)
+    model = build_classifier(args.arch, len(run_data["classes"]), pretrained=args.pretrained,
+                             pretrained_path=args.pretrained_path)
+    info = {"arch": args.arch, "num_classes": len(run_data["classes"]), "classes": list(run_data["classes"]),
+            "image_size": image_size, "mean": list(ARCHS[args.arch].mean), "std": list(ARCHS[args.arch].std),
+            "dataset": args.dataset, "pretrained": args.pretrained,
+            "args": {k: _plain(v) for k, v in asdict(args).items()}}
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         augment=args.augment, num_workers=args.num_workers)
+    summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
+                  config=config, output_dir=out, info=info, accelerator=accelerator)
+    results = {"dataset": args.dataset, "exp": args.exp, "arch": args.arch, "lr": args.lr,
+               "pretrained": args.pretrained, "augment": args.augment, "seed": args.seed, "epochs": args.epochs,
+               "batch_size": args.batch_size, "image_size": image_size, "flip": flip,
+               "expanded_dir": str(expanded_dir) if expanded_dir else None,
+               "val_source": run_data["val_source"], **summary, **run_data["counts"]}
+    if accelerator.is_main_process:
+        write_results(out / RESULTS_NAME, results)
+        logger.info("%s: best test accuracy %.2f (epoch %d), final %.2f", out, results["best_accuracy"],
+                    results["best_epoch"], results["final_accuracy"])
+    return results

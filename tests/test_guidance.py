@@ -410,3 +410,38 @@ def test_a_spatial_field_moves_each_block_of_the_latent_by_its_own_gradient():
     torch.testing.assert_close(e1.flatten(), torch.rand(4, generator=torch.Generator().manual_seed(0)))
     with pytest.raises(ValueError, match="--transform_resolution must be at least 1"):
         EnergyGuidance(transform_resolution=0)
+
+
+@pytest.mark.parametrize("schedule, factors", [("constant", [1.0, 1.0, 1.0, 1.0]), ("linear", [1.0, 0.75, 0.5, 0.25]),
+                                               ("cosine", [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5,
+                                                           0.5 - 0.5 * math.cos(math.pi / 4)])])
+def test_direct_guidance_scales_rho_by_its_schedule_at_each_guided_step(schedule, factors):
+    """A hand-made case: DDIM halves z and x0 = z; E = sum(x0) / B, so grad_{z} (B * E) = 1 everywhere and the
+    guided step is 0.5 z - rho_j exactly."""
+    from distdiff.method.guidance import StepContext
+
+    z = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 4.0]]]])  # [B=2, C=1, 1, 2]
+    ctx = StepContext(timesteps=torch.arange(10, 0, -1), denoise=lambda x, t: (0.5 * x, x),
+                      image_energy=lambda x0, normalize=True: (x0.sum() / x0.shape[0], None, None), generators=[])
+    guidance = EnergyGuidance(method="direct", guidance_step=4, period=4, rho=2.0, rho_schedule=schedule)
+    assert [i for i in range(10) if guidance.applies_at(i, 10)] == [6, 7, 8, 9]
+    for j, index in enumerate(range(6, 10)):
+        assert guidance.before_step(z, index, ctx).latents is z  # direct guidance leaves z_t alone
+        out = guidance.replace_step(z, index, ctx)
+        torch.testing.assert_close(out.latents, 0.5 * z - 2.0 * factors[j])
+        torch.testing.assert_close(out.stats["move_grad"], torch.full((2,), 2.0 * factors[j]))
+    with pytest.raises(ValueError, match="unknown rho schedule 'step'"):
+        EnergyGuidance(method="direct", rho_schedule="step")
+
+
+def test_rho_schedule_reaches_the_sampler_from_the_flag_and_is_refused_without_direct_guidance():
+    import expand
+    from distdiff.jobs import expand as expand_job
+
+    config = expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--guidance", "direct",
+                                                                    "--rho_schedule", "linear"]))
+    assert config.energy_guidance().rho_schedule == "linear"
+    assert config.generation_params(resolution=32, dtype="float32")["rho_schedule"] == "linear"
+    with pytest.raises(expand_job.expansion.ExpansionError, match="--rho_schedule linear schedules direct guidance"):
+        expand_job.validate(expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--rho_schedule",
+                                                                                    "linear"])))

@@ -24,7 +24,7 @@ from distdiff.models.classifiers import ClassifierError, load_classifier
 from distdiff.data.datasets import DatasetError, dataset_slug
 from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.utils.files import is_environment_error
-from distdiff.method.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, TRANSFORM_INITS, EnergyGuidance,
+from distdiff.method.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, RHO_SCHEDULES, TRANSFORM_INITS, EnergyGuidance,
                                       GuideEnergy)
 from distdiff.runs.latent_cache import LatentCache
 from distdiff.runs.manifest import MANIFEST, summarize_manifest
@@ -84,6 +84,7 @@ class ExpandConfig:
     transform_init: str = "random"  # the paper's draw; "identity" is an option of ours
     transform_iters: int = 1  # the paper's single step; more is an option of ours
     transform_resolution: int = 1  # the paper's per-channel transform; R x R is an option of ours
+    rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
     no_transform_feature_norm: bool = False  # True: as the authors' code, no L2 norm inside transform guidance
     raw_guide_input: bool = False  # True: the authors' guide input exactly
     start_index: str = START_INDEX  # diffusers' img2img start index
@@ -123,7 +124,7 @@ class ExpandConfig:
                               rho=self.rho, eps=self.constraint_value,
                               normalize_transform=not self.no_transform_feature_norm,
                               transform_init=self.transform_init, transform_iterations=self.transform_iters,
-                              transform_resolution=self.transform_resolution)
+                              transform_resolution=self.transform_resolution, rho_schedule=self.rho_schedule)
 
     def generation_params(self, *, resolution: int, dtype: str) -> dict:
         """What every image of OUT is made with: OUT/expand_config.json and each manifest line's params."""
@@ -135,6 +136,7 @@ class ExpandConfig:
                 "gs": self.gs, "ls": self.ls, "optimize_targets": self.optimize_targets,
                 "transform_feature_norm": not self.no_transform_feature_norm, "transform_init": self.transform_init,
                 "transform_iters": self.transform_iters, "transform_resolution": self.transform_resolution,
+                "rho_schedule": self.rho_schedule,
                 "raw_guide_input": self.raw_guide_input, "start_index": self.start_index, "seed": self.seed,
                 "guide_checkpoint": str(Path(guide).resolve()) if guide and Path(guide).is_file() else None}
 
@@ -180,6 +182,10 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform_resolution", type=int, default=D.transform_resolution,
                    help="transform guidance's scale/bias: one per latent channel (1, the paper) or an R x R field "
                         "per channel, nearest-upsampled to the latent (an option of ours)")
+    p.add_argument("--rho_schedule", choices=sorted(RHO_SCHEDULES), default=D.rho_schedule,
+                   help="direct guidance's step size over its --guidance_period steps: the paper's constant rho, or "
+                        "rho decaying linearly / by a half cosine from rho toward 0 (options of ours; "
+                        "docs/METHOD.md#direct-guidance)")
     p.add_argument("--no_transform_feature_norm", action="store_true",
                    help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
     p.add_argument("--raw_guide_input", action="store_true",
@@ -229,6 +235,9 @@ def validate(args: ExpandConfig) -> None:
     if args.method != "none":  # the guidance schedule flags are unused by plain SD
         check_schedule(steps=args.steps, guidance_step=args.guidance_step, guidance_period=args.guidance_period,
                        start=img2img_start_index(args.steps, args.strength, args.start_index))
+    if args.rho_schedule != "constant" and args.method != "direct":
+        raise expansion.ExpansionError(f"--rho_schedule {args.rho_schedule} schedules direct guidance's steps; "
+                                       f"add --guidance direct or drop it.")
     for flag in ("transform_iters", "transform_resolution"):
         if getattr(args, flag) < 1:
             raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")

@@ -19,6 +19,7 @@ and keeps an image independent of its batch (docs/METHOD.md#differences-from-the
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -287,10 +288,22 @@ def _transform_before_step(guidance: "EnergyGuidance", latents: torch.Tensor, in
     return GuidanceOutput(step.latents, transform_step_stats(latents, step, eps=guidance.eps))
 
 
+# Direct guidance's step size at its j-th guided step of P, as a fraction of rho: the paper's constant rho, or
+# (options of ours) a decay to small steps late in denoising, where x0 is already sharp and a large gradient step
+# shows as noise. j = 0 .. P-1.
+RHO_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda j, steps: 1.0,
+    "linear": lambda j, steps: 1.0 - j / steps,
+    "cosine": lambda j, steps: 0.5 * (1.0 + math.cos(math.pi * j / steps)),
+}
+
+
 def _direct_replace_step(guidance: "EnergyGuidance", latents: torch.Tensor, index: int, ctx: StepContext
                          ) -> GuidanceOutput:
+    j = index - guidance.first_index(len(ctx.timesteps))
+    rho = guidance.rho * RHO_SCHEDULES[guidance.rho_schedule](j, guidance.period)
     previous, move = direct_guidance(latents, ctx.timesteps[index], denoise=ctx.denoise,
-                                     image_energy=ctx.image_energy, rho=guidance.rho)
+                                     image_energy=ctx.image_energy, rho=rho)
     return GuidanceOutput(previous, {"move_grad": move})
 
 
@@ -318,6 +331,7 @@ class EnergyGuidance(Guidance):
     transform_init: str = "random"  # the paper's random (e, b) draw; "identity" is an option of ours
     transform_iterations: int = 1  # the paper's single gradient step; more is an option of ours
     transform_resolution: int = 1  # the paper's per-channel (1 x 1) transform; an r x r field is an option of ours
+    rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
 
     def __post_init__(self):
         if self.method not in GUIDANCE_HOOKS:
@@ -326,6 +340,8 @@ class EnergyGuidance(Guidance):
             raise ValueError(f"unknown transform init '{self.transform_init}'; choose one of {sorted(TRANSFORM_INITS)}.")
         if self.transform_iterations < 1:
             raise ValueError(f"--transform_iters must be at least 1, got {self.transform_iterations}.")
+        if self.rho_schedule not in RHO_SCHEDULES:
+            raise ValueError(f"unknown rho schedule '{self.rho_schedule}'; choose one of {sorted(RHO_SCHEDULES)}.")
         if self.transform_resolution < 1:
             raise ValueError(f"--transform_resolution must be at least 1, got {self.transform_resolution}.")
         check_settings(rho=self.rho, constraint_value=self.eps)

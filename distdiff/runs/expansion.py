@@ -162,7 +162,7 @@ def save_png_atomic(image: torch.Tensor, path: Path) -> None:
 # Parameters recorded only since they became settable, with the value every earlier run used,
 # so a folder made before a new flag existed still resumes under the default.
 PARAMS_ADDED_LATER = {"start_index": "diffusers", "transform_init": "random", "transform_iters": 1,
-                      "transform_resolution": 1}
+                      "transform_resolution": 1, "rho_schedule": "constant"}
 
 
 def _differences(stored: dict, wanted: dict) -> dict:

@@ -24,8 +24,9 @@ from distdiff.models.classifiers import ClassifierError, load_classifier
 from distdiff.data.datasets import DatasetError, dataset_slug
 from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.utils.files import is_environment_error
-from distdiff.method.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, RHO_SCHEDULES, TRANSFORM_INITS, EnergyGuidance,
-                                      GuideEnergy)
+from distdiff.method.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, RHO_SCHEDULES, TRANSFORM_INITS,
+                                      EnergyGuidance, GuideEnergy)
+from distdiff.method.observers import SELECTION_SCORES
 from distdiff.runs.latent_cache import LatentCache
 from distdiff.runs.manifest import MANIFEST, summarize_manifest
 from distdiff.method.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
@@ -85,6 +86,8 @@ class ExpandConfig:
     transform_iters: int = 1  # the paper's single step; more is an option of ours
     transform_resolution: int = 1  # the paper's per-channel transform; R x R is an option of ours
     rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
+    candidates: int = 1  # the paper makes each image once; best of k by the guide is an option of ours
+    select: str = "energy"  # how candidates are scored: SELECTION_SCORES
     no_transform_feature_norm: bool = False  # True: as the authors' code, no L2 norm inside transform guidance
     raw_guide_input: bool = False  # True: the authors' guide input exactly
     start_index: str = START_INDEX  # diffusers' img2img start index
@@ -136,7 +139,7 @@ class ExpandConfig:
                 "gs": self.gs, "ls": self.ls, "optimize_targets": self.optimize_targets,
                 "transform_feature_norm": not self.no_transform_feature_norm, "transform_init": self.transform_init,
                 "transform_iters": self.transform_iters, "transform_resolution": self.transform_resolution,
-                "rho_schedule": self.rho_schedule,
+                "rho_schedule": self.rho_schedule, "candidates": self.candidates, "select": self.select,
                 "raw_guide_input": self.raw_guide_input, "start_index": self.start_index, "seed": self.seed,
                 "guide_checkpoint": str(Path(guide).resolve()) if guide and Path(guide).is_file() else None}
 
@@ -186,6 +189,12 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                    help="direct guidance's step size over its --guidance_period steps: the paper's constant rho, or "
                         "rho decaying linearly / by a half cosine from rho toward 0 (options of ours; "
                         "docs/METHOD.md#direct-guidance)")
+    p.add_argument("--candidates", type=int, default=D.candidates,
+                   help="make each image this many times (own seeds) and keep the best by --select (an option of "
+                        "ours, k times the sampling cost; also with --guidance none; docs/METHOD.md#selection)")
+    p.add_argument("--select", choices=sorted(SELECTION_SCORES), default=D.select,
+                   help="how --candidates are scored by the guide: energy gs*D_c + ls*D_g (lowest kept) or "
+                        "probability of the intended class (highest kept)")
     p.add_argument("--no_transform_feature_norm", action="store_true",
                    help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
     p.add_argument("--raw_guide_input", action="store_true",
@@ -238,7 +247,7 @@ def validate(args: ExpandConfig) -> None:
     if args.rho_schedule != "constant" and args.method != "direct":
         raise expansion.ExpansionError(f"--rho_schedule {args.rho_schedule} schedules direct guidance's steps; "
                                        f"add --guidance direct or drop it.")
-    for flag in ("transform_iters", "transform_resolution"):
+    for flag in ("transform_iters", "transform_resolution", "candidates"):
         if getattr(args, flag) < 1:
             raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
     if not 0 <= args.split < args.total_split:
@@ -266,7 +275,8 @@ def resolve_paths(config: ExpandConfig) -> ExpandConfig:
     guide_arch = config.guide_arch or spec.guide_arch
     default_guide = guide_checkpoint(config.dataset, guide_arch)
     guide = config.guide_checkpoint or str(default_guide)
-    if not Path(guide).is_file() and (config.method != "none" or config.guide_checkpoint is not None):
+    needs_guide = config.method != "none" or config.candidates > 1 or config.guide_checkpoint is not None
+    if not Path(guide).is_file() and needs_guide:
         raise expansion.ExpansionError(
             f"guide checkpoint {guide} not found. Train the guide with `python train_original.py "
             f"{config.dataset} {guide_arch} {GUIDE_LR:g} False 0` (writes {default_guide}) "
@@ -366,7 +376,8 @@ def run(config: ExpandConfig) -> dict:
     written = expansion.run_expansion(
         sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, sampling=args.sampling(),
         guidance=guidance, guide=guide, batch_size=args.batch_size, record_energy=not args.no_energy_log,
-        progress=state.is_local_main_process, shard=shard, num_shards=num_shards)
+        progress=state.is_local_main_process, shard=shard, num_shards=num_shards, candidates=args.candidates,
+        select=args.select)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
     # The ranks' shared work ends here. The report is one process's job, and torchmetrics' FID/KID would otherwise

@@ -121,6 +121,12 @@ class GuideEnergy:
         return energy(features, self.class_protos[labels], self.group_protos[labels], self.group_mask[labels],
                       gs=self.gs, ls=self.ls, normalize=normalize)
 
+    def class_probability(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The guide's softmax probability [B] of each image's class `labels` [B], decoded images [B,3,H,W] in [-1,1]."""
+        x = guide_preprocess(images, image_size=self.image_size, mean=self.mean, std=self.std, raw=self.raw_input)
+        logits = self.model(x.to(self.device, self.dtype)).float()
+        return logits.softmax(dim=1).gather(1, labels.to(self.device).view(-1, 1)).squeeze(1)
+
 
 def project_linf(latents: torch.Tensor, center: torch.Tensor, eps: float) -> torch.Tensor:
     """Element-wise clamp of `latents` onto the L-inf ball of radius eps around `center`, exact in their dtype."""

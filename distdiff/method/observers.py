@@ -14,7 +14,9 @@ from distdiff.method.guidance import STEP_KEYS, GuideEnergy, GuidanceOutput, Ste
 # D_c / D_g (docs/METHOD.md#energy) of the decoded x0 prediction at the guided step before guidance,
 # at the first sampler step after it, and of the final image.
 ENERGY_KEYS = ("D_c_before", "D_g_before", "D_c_after", "D_g_after", "D_c_final", "D_g_final")
-RECORD_KEYS = ENERGY_KEYS + STEP_KEYS  # what an EnergyRecorder can record per image
+# Selection among k candidates (distdiff/runs/selection.py): the kept candidate's index and its score.
+SELECTION_KEYS = ("candidate", "selection_score")
+RECORD_KEYS = ENERGY_KEYS + STEP_KEYS + SELECTION_KEYS  # what a manifest line can record per image
 
 
 class StepObserver:
@@ -35,6 +37,33 @@ class StepObserver:
 
     def on_end(self, latents: torch.Tensor, decoded: torch.Tensor) -> None:
         """After the loop: z_0 [B,C,h,w] and its decoding [B,3,H,W] in about [-1, 1]."""
+
+
+# How a candidate is scored from the guide, decoded images [B,3,H,W] in [-1,1] and class labels [B]: (score [B],
+# whether lower is better). The energy is the guidance's own gs * D_c + ls * D_g; the probability is the guide's
+# softmax of the intended class, the filter common in synthetic-data work.
+def _energy_score(guide: GuideEnergy, decoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    _, d_c, d_g = guide(decoded, labels)
+    return guide.gs * d_c + guide.ls * d_g
+
+
+SELECTION_SCORES = {
+    "energy": (_energy_score, True),
+    "probability": (lambda guide, decoded, labels: guide.class_probability(decoded, labels), False),
+}
+
+
+class CandidateScore(StepObserver):
+    """records["selection_score"]: each final image's SELECTION_SCORES[`by`] under `guide` for classes `labels` [B]."""
+
+    def __init__(self, guide: GuideEnergy, labels: torch.Tensor, by: str):
+        if by not in SELECTION_SCORES:
+            raise ValueError(f"unknown selection score '{by}'; choose one of {sorted(SELECTION_SCORES)}.")
+        self.guide, self.labels, self.by, self.records = guide, labels, by, {}
+
+    def on_end(self, latents: torch.Tensor, decoded: torch.Tensor) -> None:
+        score = SELECTION_SCORES[self.by][0](self.guide, decoded, self.labels)
+        self.records = {"selection_score": score.float().cpu().tolist()}
 
 
 class EnergyRecorder(StepObserver):

@@ -51,10 +51,11 @@ from distdiff.errors import UserError
 from distdiff.utils.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
 from distdiff.method.guidance import Guidance, GuideEnergy
 from distdiff.runs.latent_cache import LatentCache
+from distdiff.runs.selection import generate_best_of
 from distdiff.runs.manifest import (MANIFEST, ManifestReader, append_manifest, manifest_part, read_manifest,
                                     repair_manifest)
 from distdiff.method.prototypes import PrototypeFileError, Prototypes
-from distdiff.method.observers import RECORD_KEYS, EnergyRecorder
+from distdiff.method.observers import RECORD_KEYS, CandidateScore, EnergyRecorder
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline
 from distdiff.pipelines.sampling import PromptEmbeddings, SamplingConfig, image_seed, make_generators
 from distdiff.utils.settings import changed_settings
@@ -162,7 +163,7 @@ def save_png_atomic(image: torch.Tensor, path: Path) -> None:
 # Parameters recorded only since they became settable, with the value every earlier run used,
 # so a folder made before a new flag existed still resumes under the default.
 PARAMS_ADDED_LATER = {"start_index": "diffusers", "transform_init": "random", "transform_iters": 1,
-                      "transform_resolution": 1, "rho_schedule": "constant"}
+                      "transform_resolution": 1, "rho_schedule": "constant", "candidates": 1, "select": "energy"}
 
 
 def _differences(stored: dict, wanted: dict) -> dict:
@@ -334,11 +335,15 @@ def _emit(batch: list[WorkItem], held: dict[int, FileLock], remaining: dict[int,
 def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, sampling: SamplingConfig,
                   guidance: Guidance | None, guide: GuideEnergy | None, batch_size: int, record_energy: bool = True,
-                  progress: bool = True, shard: int = 0, num_shards: int = 1) -> int:
+                  progress: bool = True, shard: int = 0, num_shards: int = 1, candidates: int = 1,
+                  select: str = "energy") -> int:
     """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
 
     `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
+    With `candidates` > 1 each image is the best of that many by `select` (distdiff/runs/selection.py).
     """
+    if candidates > 1 and guide is None:
+        raise ExpansionError(f"--candidates {candidates} scores candidates with the guide; pass --guide_checkpoint.")
     out_dir = Path(out_dir)
     part = manifest_part(out_dir, shard, num_shards)
     repair_manifest(part)
@@ -351,10 +356,16 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
               disable=not progress) as bar:
         for batch in _claimed_batches(out_dir, todo, batch_size):
             labels = torch.tensor([it.label for it in batch])
-            observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
-            result = sd(latent_params=cache.get(dataset, [it.source_index for it in batch]), labels=labels,
-                        generator=make_generators([it.seed for it in batch]), prompt_embeds=prompts,
-                        guidance=guidance, guide=guide, observers=observers, **asdict(sampling))
+            latent_params = cache.get(dataset, [it.source_index for it in batch])
+
+            def generate(seeds: list[int]):
+                observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
+                observers += [CandidateScore(guide, labels, select)] if candidates > 1 else []
+                return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds),
+                          prompt_embeds=prompts, guidance=guidance, guide=guide, observers=observers,
+                          **asdict(sampling))
+
+            result = generate_best_of(generate, [it.seed for it in batch], candidates=candidates, by=select)
             records = []
             for k, it in enumerate(batch):
                 save_png_atomic(result.images[k], out_dir / it.image)

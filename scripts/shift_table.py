@@ -76,7 +76,7 @@ def _f(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _independent(report: dict, name: str) -> list[str]:
+def independent_distance(report: dict, name: str) -> list[str]:
     """FID and KID (1e-3) of set `name` against test in the independent space; blanks for a report without it."""
     section = report.get("distribution", {}).get(INDEPENDENT, {})
     rows = [r["overall"] for r in section.get("rows", []) if r["set"] == name and r["reference"] == "test"]
@@ -95,7 +95,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines.append(f"| yardstick: real train (100) vs test | – | – | – | {yard['fid']:.4f} | "
                  f"{yard['kid_mean'] * 1e3:.2f} ± {yard['kid_std'] * 1e3:.2f} | "
-                 f"{' | '.join(_independent(report, 'real train (yardstick)'))} | {yard['fidelity_judge']:.3f} | "
+                 f"{' | '.join(independent_distance(report, 'real train (yardstick)'))} | {yard['fidelity_judge']:.3f} | "
                  f"{yard['fidelity_guide']:.3f} | – | – | – | – |")
     for label, folder, expansion in rows:
         summary = summarize_experiment(checkpoint_root / dataset / folder)
@@ -113,7 +113,7 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
             step = energies.get("step", {})
             draw, grad = (step.get(k, {}).get("mean") for k in ("move_draw", "move_grad"))
             cells = [f"{g['fid']:.4f}", f"{g['kid_mean'] * 1e3:.2f} ± {g['kid_std'] * 1e3:.2f}",
-                     *_independent(report, expansion), f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
+                     *independent_distance(report, expansion), f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
                      _f(d_c.get("final", {}).get("mean") if d_c.get("status") == "ok" else None),
                      _f(step.get("eps_saturated", {}).get("mean")),
                      f"{_f(draw) or '–'} / {grad:.3f}" if grad is not None else ""]

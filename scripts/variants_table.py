@@ -1,0 +1,97 @@
+"""The guidance-variants tables from what scripts/variants_comparison.sh wrote.
+
+    python scripts/variants_table.py digits-shift-blur
+
+First the val grid (seed 1's best val accuracy per setting: what chose each variant's setting),
+then one row per variant at its chosen setting: test accuracy over seeds (at the best-val epoch,
+and the paper's best epoch), distances to the test split in the guide's and in ImageNet
+EfficientNet-Lite0's features, judge and guide label fidelity, copy distance, and images/s of its
+expansion (expand.py's own figure, the same machine and run) relative to plain SD img2img.
+A missing input is an error naming the command that makes it.
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from distdiff import cli
+from distdiff.errors import UserError
+from distdiff.training.results import format_value, read_results, summarize_experiment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/shift_table.py, beside this script
+from shift_table import RUN, independent_distance  # noqa: E402
+
+COMMAND = "bash scripts/variants_comparison.sh {dataset}"
+GRID = ("v_sd", "v_paper", "v_identity_r1_i1", "v_identity_r1_i3", "v_identity_r4_i1", "v_identity_r4_i3",
+        "v_direct_p2", "v_direct_p5_linear", "v_select_energy", "v_select_probability", "v_select_direct")
+RATE = re.compile(r"wrote (\d+) of \d+ images .* \(([\d.]+) images/s\)")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("--checkpoint_root", default="checkpoint")
+    parser.add_argument("--results_root", default="results")
+    return parser.parse_args(argv)
+
+
+def _json(path: Path, dataset: str) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path} not found; run `{COMMAND.format(dataset=dataset)}` (it resumes).")
+    return json.loads(path.read_text())
+
+
+def images_per_second(log: Path) -> float | None:
+    """expand.py's rate in the run that wrote the most images (a resumed rerun writes none)."""
+    rates = [(int(m[1]), float(m[2])) for m in RATE.finditer(log.read_text())] if log.is_file() else []
+    return max(rates)[1] if rates else None
+
+
+def tables(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
+    """The val grid and the variants table, markdown; raises UserError naming what is missing."""
+    out = results_root / dataset / "variants"
+    chosen = _json(out / "chosen.json", dataset)
+    gap = {Path(r["name"]).name: r for r in _json(out / "gap_test.json", dataset)["rows"]}
+    report = _json(out / "report" / "report.json", dataset)
+    lines = ["| setting (seed 1) | val acc. (best epoch) |", "|---|---|"]
+    for exp in GRID:
+        path = checkpoint_root / dataset / exp / RUN / "seed1" / "results.yaml"
+        if path.is_file():
+            lines.append(f"| {exp} | {read_results(path)['val_best_accuracy']:.2f} |")
+    rows = (("plain SD img2img", "v_sd"), ("DistDiff (paper defaults)", "v_paper"),
+            ("transform from the identity", chosen["identity"]), ("direct guidance", chosen["direct"]),
+            ("selection alone (SD, best of 4)", chosen["select"]), ("direct + selection (best of 4)", "v_select_direct"))
+    sd_rate = images_per_second(out / "logs" / "v_sd.log")
+    header = ("variant", "setting", "seeds", "test acc. at best val", "test acc. best", "FID / KID (1e-3) vs test, guide",
+              "FID / KID (1e-3) vs test, EfficientNet-Lite0", "fidelity: judge", "fidelity: guide", "copy→source",
+              "images/s (× SD)")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, exp in rows:
+        summary = summarize_experiment(checkpoint_root / dataset / exp / RUN)
+        acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
+               for m in ("val_selected_accuracy", "best_accuracy")]
+        if exp not in gap:
+            raise UserError(f"{exp} is not in {out / 'gap_test.json'}; rerun `{COMMAND.format(dataset=dataset)}`.")
+        g = gap[exp]
+        fid, kid = independent_distance(report, exp)
+        rate = images_per_second(out / "logs" / f"{exp}.log")
+        speed = f"{rate:.2f} ({rate / sd_rate:.2f}×)" if rate and sd_rate else ""
+        lines.append("| " + " | ".join([label, exp, ",".join(map(str, summary["seeds"])), *acc,
+                                         f"{g['fid']:.4f} / {g['kid_mean'] * 1e3:.2f}", f"{fid} / {kid}",
+                                         f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}",
+                                         f"{g['copy_to_source']:.3f}" if g["copy_to_source"] is not None else "",
+                                         speed]) + " |")
+    return "\n".join(lines)
+
+
+def main(args):
+    with cli.user_errors("variants_table.py"):
+        text = tables(args.dataset, Path(args.checkpoint_root), Path(args.results_root))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from distdiff.utils.settings import check_period, check_settings
+from distdiff.utils.settings import check_period, check_schedule, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +275,9 @@ class Guidance:
         """Whether the hooks run at schedule index `index` of `steps`."""
         return False
 
+    def check_schedule(self, *, steps: int, start: int) -> None:
+        """Raise if the guided indices cannot fall in the sampled steps [start, steps)."""
+
     def before_step(self, latents: torch.Tensor, index: int, ctx: StepContext) -> GuidanceOutput:
         """z_t [B,C,h,w] as the step at `index` should see it."""
         return GuidanceOutput(latents)
@@ -352,6 +355,10 @@ class EnergyGuidance(Guidance):
             raise ValueError(f"--transform_resolution must be at least 1, got {self.transform_resolution}.")
         check_settings(rho=self.rho, constraint_value=self.eps)
         check_period(guidance_step=self.guidance_step, guidance_period=self.period)
+
+    def check_schedule(self, *, steps: int, start: int) -> None:
+        """Guidance at T - M (and its period) must lie inside the img2img steps [start, steps)."""
+        check_schedule(steps=steps, guidance_step=self.guidance_step, guidance_period=self.period, start=start)
 
     def first_index(self, steps: int) -> int:
         """Schedule index T - M of the (first) guided step."""

@@ -38,7 +38,7 @@ from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, 
                                          PromptEmbeddings, decode_latents, default_resolution, encode_latent_dist,
                                          encode_prompts, img2img_start_index, make_denoiser, make_image_energy,
                                          resolve_dtype, to_unit_range)
-from distdiff.utils.settings import check_schedule, check_settings
+from distdiff.utils.settings import check_settings
 
 
 @dataclass
@@ -136,9 +136,8 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         timesteps = scheduler.timesteps
         start = 0 if latent_params is None else img2img_start_index(num_inference_steps, strength, start_index)
-        if guidance is not None and hasattr(guidance, "guidance_step"):
-            check_schedule(steps=num_inference_steps, guidance_step=guidance.guidance_step,
-                           guidance_period=guidance.period, start=start)
+        if guidance is not None:
+            guidance.check_schedule(steps=num_inference_steps, start=start)
         latents = self.prepare_latents(latent_params, generator, scheduler, timesteps[start:start + 1], batch)
 
         labels = labels.to(self.device)

@@ -10,9 +10,9 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 import expand
-from distdiff.method.guidance import EnergyGuidance, GuideEnergy
+from distdiff.method.guidance import STEP_KEYS, EnergyGuidance, GuideEnergy
 from distdiff.data.registry import load_dataset
-from distdiff.method.observers import ENERGY_KEYS, RECORD_KEYS
+from distdiff.method.observers import ENERGY_KEYS
 from distdiff.pipelines.sampling import (encode_latent_dist, encode_prompts, image_seed, image_to_tensor,
                                          img2img_start_index, make_generators, resolve_dtype)
 from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
@@ -170,7 +170,8 @@ def test_energies_are_recorded_before_and_after_guidance(tiny_sd, digits, prompt
         guided = generate(tiny_sd, params, labels, [1, 2], guide=guide,
                                 guidance=EnergyGuidance(method=method, guidance_step=3, period=2, rho=10.0), **common)
         # the step's own measurements are recorded too (direct guidance has no draw or eps ball)
-        assert sorted(guided.records) == sorted(RECORD_KEYS if method == "transform" else ENERGY_KEYS + ("move_grad",))
+        assert sorted(guided.records) == sorted(ENERGY_KEYS + STEP_KEYS if method == "transform"
+                                               else ENERGY_KEYS + ("move_grad",))
         assert all(len(v) == 2 and all(x > 0 for x in v) for v in guided.records.values())
         assert guided.records["D_c_before"] != guided.records["D_c_after"]
         # before guidance the batch is still the unguided trajectory

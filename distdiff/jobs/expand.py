@@ -238,26 +238,26 @@ def apply_dataset_defaults(config: ExpandConfig) -> ExpandConfig:
                               if getattr(config, name) is None})
 
 
-def validate(args: ExpandConfig) -> None:
+def validate(config: ExpandConfig) -> None:
     """Reject flag values that cannot work, naming the flag and the fix (rules: distdiff.utils.settings)."""
-    check_settings(**{name: getattr(args, name, None) for name in RULES})
-    if args.method != "none":  # the guidance schedule flags are unused by plain SD
-        check_schedule(steps=args.steps, guidance_step=args.guidance_step, guidance_period=args.guidance_period,
-                       start=img2img_start_index(args.steps, args.strength, args.start_index))
-    if args.rho_schedule != "constant" and args.method != "direct":
-        raise expansion.ExpansionError(f"--rho_schedule {args.rho_schedule} schedules direct guidance's steps; "
+    check_settings(**{name: getattr(config, name, None) for name in RULES})
+    if config.method != "none":  # the guidance schedule flags are unused by plain SD
+        check_schedule(steps=config.steps, guidance_step=config.guidance_step, guidance_period=config.guidance_period,
+                       start=img2img_start_index(config.steps, config.strength, config.start_index))
+    if config.rho_schedule != "constant" and config.method != "direct":
+        raise expansion.ExpansionError(f"--rho_schedule {config.rho_schedule} schedules direct guidance's steps; "
                                        f"add --guidance direct or drop it.")
     for flag in ("transform_iters", "transform_resolution", "candidates"):
-        if getattr(args, flag) < 1:
-            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
-    if not 0 <= args.split < args.total_split:
-        raise expansion.ExpansionError(f"--split must be in [0, --total_split={args.total_split}), got {args.split}.")
-    use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
-    if args.method != "none" and not (use_dc and args.gs > 0 or use_dg and args.ls > 0):
+        if getattr(config, flag) < 1:
+            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(config, flag)}.")
+    if not 0 <= config.split < config.total_split:
+        raise expansion.ExpansionError(f"--split must be in [0, --total_split={config.total_split}), got {config.split}.")
+    use_dc, use_dg = OPTIMIZE_TARGETS[config.optimize_targets]
+    if config.method != "none" and not (use_dc and config.gs > 0 or use_dg and config.ls > 0):
         raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
                                        "--optimize_targets); give one a positive weight, or use --guidance none.")
-    if not args.no_report:  # a report space that cannot be measured is said before the expansion, not after it
-        chosen_spaces(requested_spaces(args.feature_space), args.inception_weights)
+    if not config.no_report:  # a report space that cannot be measured is said before the expansion, not after it
+        chosen_spaces(requested_spaces(config.feature_space), config.inception_weights)
 
 
 def resolve_paths(config: ExpandConfig) -> ExpandConfig:
@@ -287,41 +287,41 @@ def resolve_paths(config: ExpandConfig) -> ExpandConfig:
                    cache_dir=config.cache_dir or str(Path(config.data_root) / "latent_cache"))
 
 
-def load_guide(args: ExpandConfig, train, state, device, *, check_arch: bool):
+def load_guide(config: ExpandConfig, train, state, device, *, check_arch: bool):
     """The guide with its prototypes (computed once into OUT), or None for --guidance none without a guide.
 
     `check_arch`: the user named -a, so the checkpoint must be of that architecture."""
-    if not Path(args.guide_checkpoint).is_file():
-        logger.info("no guide checkpoint at %s: plain SD run, D_c/D_g not recorded", args.guide_checkpoint)
+    if not Path(config.guide_checkpoint).is_file():
+        logger.info("no guide checkpoint at %s: plain SD run, D_c/D_g not recorded", config.guide_checkpoint)
         return None
-    model, info = load_classifier(args.guide_checkpoint, device,
-                                  expected_arch=args.guide_arch if check_arch else None)
+    model, info = load_classifier(config.guide_checkpoint, device,
+                                  expected_arch=config.guide_arch if check_arch else None)
     if list(info["classes"]) != list(train.classes):
-        raise expansion.ExpansionError(f"guide {args.guide_checkpoint} was trained on classes {info['classes'][:5]}... "
-                                       f"of {info['dataset']}, not on {args.dataset}'s; pass its own guide.")
-    stat = Path(args.guide_checkpoint).stat()
-    metadata = {"dataset": args.dataset, "split": "train", "guide_checkpoint": str(Path(args.guide_checkpoint).resolve()),
-                "guide_file": f"{stat.st_size}:{stat.st_mtime_ns}", "k": args.K, "method": args.cluster, "seed": args.seed,
+        raise expansion.ExpansionError(f"guide {config.guide_checkpoint} was trained on classes {info['classes'][:5]}... "
+                                       f"of {info['dataset']}, not on {config.dataset}'s; pass its own guide.")
+    stat = Path(config.guide_checkpoint).stat()
+    metadata = {"dataset": config.dataset, "split": "train", "guide_checkpoint": str(Path(config.guide_checkpoint).resolve()),
+                "guide_file": f"{stat.st_size}:{stat.st_mtime_ns}", "k": config.K, "method": config.cluster, "seed": config.seed,
                 "image_size": info["image_size"], "mean": list(info["mean"]), "std": list(info["std"])}
 
     def compute(metadata):
         data = train.with_transform(eval_transform(info["image_size"], info["mean"], info["std"]))
-        return compute_prototypes(model, data, k=args.K, method=args.cluster, seed=args.seed,
+        return compute_prototypes(model, data, k=config.K, method=config.cluster, seed=config.seed,
                                   batch_size=FEATURE_BATCH_SIZE, device=device, metadata=metadata)
 
-    prototypes = expansion.shared_prototypes(state, Path(args.output_dir), metadata, compute)
-    use_dc, use_dg = OPTIMIZE_TARGETS[args.optimize_targets]
+    prototypes = expansion.shared_prototypes(state, Path(config.output_dir), metadata, compute)
+    use_dc, use_dg = OPTIMIZE_TARGETS[config.optimize_targets]
     return GuideEnergy(model, prototypes.to(device), image_size=info["image_size"], mean=info["mean"],
-                       std=info["std"], raw_input=args.raw_guide_input, gs=args.gs if use_dc else 0.0,
-                       ls=args.ls if use_dg else 0.0)
+                       std=info["std"], raw_input=config.raw_guide_input, gs=config.gs if use_dc else 0.0,
+                       ls=config.ls if use_dg else 0.0)
 
 
-def write_run_report(args: ExpandConfig, out: Path, guide_checkpoint: str | None, device) -> None:
+def write_run_report(config: ExpandConfig, out: Path, guide_checkpoint: str | None, device) -> None:
     """OUT/report.html + report.json; a report that cannot be made is a warning, the images stay valid."""
     logger.info("the work list is finished: writing its report in %s", out)
     try:
-        build_report([out], data_root=args.data_root, dataset=args.dataset, guide_checkpoint=guide_checkpoint,
-                     feature_spaces=requested_spaces(args.feature_space), inception_weights=args.inception_weights,
+        build_report([out], data_root=config.data_root, dataset=config.dataset, guide_checkpoint=guide_checkpoint,
+                     feature_spaces=requested_spaces(config.feature_space), inception_weights=config.inception_weights,
                      device=device)
     except (ReportError, DatasetError, ClassifierError) as err:
         logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
@@ -329,64 +329,64 @@ def write_run_report(args: ExpandConfig, out: Path, guide_checkpoint: str | None
 
 def run(config: ExpandConfig) -> dict:
     """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
-    args = apply_dataset_defaults(config)
-    validate(args)
-    args = resolve_paths(args)
+    job = apply_dataset_defaults(config)
+    validate(job)
+    job = resolve_paths(job)
     if not torch.cuda.is_available():
-        logger.info("using %d CPU threads", configure_threads(args.num_threads))
+        logger.info("using %d CPU threads", configure_threads(job.num_threads))
     # Without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    selected = expansion.select_sources(train, args.max_source_images)
+    train = load_dataset(job.dataset, "train", root=job.data_root)
+    selected = expansion.select_sources(train, job.max_source_images)
     # Every job builds (and checks the file names of) the whole work list before any work: each --split job then
     # refuses the same source, and the one that finds the whole list finished writes the report.
-    work_list = expansion.work_items(train, selected, num_copies=args.num_images_per_prompt, seed=args.seed)
-    shard, num_shards = expansion.global_shard(args.split, args.total_split, state.process_index, state.num_processes)
+    work_list = expansion.work_items(train, selected, num_copies=job.num_images_per_prompt, seed=job.seed)
+    shard, num_shards = expansion.global_shard(job.split, job.total_split, state.process_index, state.num_processes)
     ours = set(expansion.shard_sources(selected, shard=shard, num_shards=num_shards))
     items = [it for it in work_list if it.source_index in ours]
-    missing = [sub for sub in MODEL_SUBFOLDERS if Path(args.model).is_dir() and not (Path(args.model) / sub).is_dir()]
+    missing = [sub for sub in MODEL_SUBFOLDERS if Path(job.model).is_dir() and not (Path(job.model) / sub).is_dir()]
     if missing:  # diffusers would only say "no file named config.json in <model>"
         lacks = ", ".join(f"{sub}/" for sub in missing)
-        raise expansion.ExpansionError(f"--model {args.model} is a folder without {lacks}; a diffusers Stable "
+        raise expansion.ExpansionError(f"--model {job.model} is a folder without {lacks}; a diffusers Stable "
                                        f"Diffusion folder holds {', '.join(MODEL_SUBFOLDERS)} (and model_index.json).")
     try:
-        sd = load_stable_diffusion(args.model, device=device, precision=args.precision,
-                                   gradient_checkpointing=args.gradient_checkpointing,
-                                   local_files_only=args.local_files_only)
+        sd = load_stable_diffusion(job.model, device=device, precision=job.precision,
+                                   gradient_checkpointing=job.gradient_checkpointing,
+                                   local_files_only=job.local_files_only)
     except OSError as err:  # diffusers' "cannot find the model" is an OSError without errno
         if is_environment_error(err):
             raise
         raise expansion.ExpansionError(str(err)) from err
-    resolution = args.resolution or sd.default_resolution
+    resolution = job.resolution or sd.default_resolution
     if resolution % sd.vae_scale_factor:
         raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
                                        f"{sd.vae_scale_factor}.")
-    guidance = args.energy_guidance()
-    params = args.generation_params(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
-    out = Path(args.output_dir)
+    guidance = job.energy_guidance()
+    params = job.generation_params(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
+    out = Path(job.output_dir)
     expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast
-    expansion.check_copies(out, args.num_images_per_prompt)
-    guide = load_guide(args, train, state, device, check_arch=config.guide_arch is not None)
+    expansion.check_copies(out, job.num_images_per_prompt)
+    guide = load_guide(job, train, state, device, check_arch=config.guide_arch is not None)
 
-    cache = LatentCache(args.cache_dir, sd, model=args.model, resolution=resolution, crop=args.crop,
+    cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=resolution, crop=job.crop,
                         precision=params["dtype"])
     prompts = encode_prompts(sd, [train.prompt(c) for c in range(len(train.classes))])
     begin = time.perf_counter()
     written = expansion.run_expansion(
-        sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, sampling=args.sampling(),
-        guidance=guidance, guide=guide, batch_size=args.batch_size, record_energy=not args.no_energy_log,
-        progress=state.is_local_main_process, shard=shard, num_shards=num_shards, candidates=args.candidates,
-        select=args.select)
+        sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, sampling=job.sampling(),
+        guidance=guidance, guide=guide, batch_size=job.batch_size, record_energy=not job.no_energy_log,
+        progress=state.is_local_main_process, shard=shard, num_shards=num_shards, candidates=job.candidates,
+        select=job.select)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
     # The ranks' shared work ends here. The report is one process's job, and torchmetrics' FID/KID would otherwise
     # try to sync their states with ranks that have left (a crash in gloo, a hang in NCCL).
     state.destroy_process_group()
     # One process per launch asks (after the barrier, so for all of its ranks); the turn marker picks among launches.
-    if not args.no_report and state.is_main_process and expansion.report_due(
+    if not job.no_report and state.is_main_process and expansion.report_due(
             out, work_list, report=out / REPORT_JSON, made_images=written > 0):
-        write_run_report(args, out, params["guide_checkpoint"], device)
+        write_run_report(job, out, params["guide_checkpoint"], device)
     return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
             "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}
 

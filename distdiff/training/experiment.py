@@ -168,15 +168,15 @@ def run_path(*, output_root: str | Path, dataset: str, arch: str, pretrained: bo
     return root / run_name(arch, pretrained, lr, augment) / f"seed{seed}"
 
 
-def run_dir(args: RunConfig) -> Path:
-    """The seed folder of the run `args` describes."""
-    return run_path(output_root=args.output_root, dataset=args.dataset, arch=args.arch, pretrained=args.pretrained,
-                    lr=args.lr, seed=args.seed, augment=args.augment, exp=args.exp)
+def run_dir(config: RunConfig) -> Path:
+    """The seed folder of the run `config` describes."""
+    return run_path(output_root=config.output_root, dataset=config.dataset, arch=config.arch, pretrained=config.pretrained,
+                    lr=config.lr, seed=config.seed, augment=config.augment, exp=config.exp)
 
 
-def checkpoint_path(args: RunConfig) -> Path:
+def checkpoint_path(config: RunConfig) -> Path:
     """The model_best.pth.tar the run writes (what --print_checkpoint prints)."""
-    return run_dir(args) / CHECKPOINT_NAME
+    return run_dir(config) / CHECKPOINT_NAME
 
 
 def guide_checkpoint(dataset: str, arch: str, *, output_root: str | Path = "checkpoint") -> Path:
@@ -185,15 +185,15 @@ def guide_checkpoint(dataset: str, arch: str, *, output_root: str | Path = "chec
                     seed=GUIDE_SEED) / CHECKPOINT_NAME
 
 
-def image_settings(args: RunConfig) -> tuple[int, bool]:
+def image_settings(config: RunConfig) -> tuple[int, bool]:
     """(image size, flip) of a run: the flags where given, else the dataset's registry entry.
 
     A pretrained model defaults to the resolution its ImageNet weights were trained at: at the
     digits' 32 px its 32x-downsampling backbones would see a 1x1 map, unlike anything it learned.
     """
-    spec = dataset_spec(args.dataset)
-    default_size = ARCHS[args.arch].input_size if args.pretrained else spec.image_size
-    return args.image_size or default_size, spec.flip if args.flip is None else args.flip
+    spec = dataset_spec(config.dataset)
+    default_size = ARCHS[config.arch].input_size if config.pretrained else spec.image_size
+    return config.image_size or default_size, spec.flip if config.flip is None else config.flip
 
 
 def configure_gpu(gpu: str) -> str:
@@ -206,17 +206,17 @@ def configure_gpu(gpu: str) -> str:
     return f"using CUDA device(s) {gpu}"
 
 
-def _validate(args: RunConfig) -> None:
+def _validate(config: RunConfig) -> None:
     for flag in ("epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise TrainingError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
-    if args.num_threads is not None and args.num_threads < 1:
-        raise TrainingError(f"--num_threads must be at least 1, got {args.num_threads}.")
-    if args.num_workers < 0:
-        raise TrainingError(f"--num_workers must be 0 or more, got {args.num_workers}.")
-    if args.image_size is not None and args.image_size < 8:
-        raise TrainingError(f"--image_size must be at least 8 pixels, got {args.image_size}.")
-    if args.val_fraction is not None and not args.validation:
+        if getattr(config, flag) < 1:
+            raise TrainingError(f"--{flag} must be at least 1, got {getattr(config, flag)}.")
+    if config.num_threads is not None and config.num_threads < 1:
+        raise TrainingError(f"--num_threads must be at least 1, got {config.num_threads}.")
+    if config.num_workers < 0:
+        raise TrainingError(f"--num_workers must be 0 or more, got {config.num_workers}.")
+    if config.image_size is not None and config.image_size < 8:
+        raise TrainingError(f"--image_size must be at least 8 pixels, got {config.image_size}.")
+    if config.val_fraction is not None and not config.validation:
         raise TrainingError("--val_fraction only applies with --validation; add --validation or drop it.")
 
 
@@ -243,18 +243,18 @@ def _without_unreadable(dataset: data.LabeledImages | None) -> tuple[data.Labele
     return dataset.subset(kept), len(dataset) - len(kept)
 
 
-def load_run_data(args: RunConfig, image_size: int, flip: bool, expanded_dir: str | Path | None
+def load_run_data(config: RunConfig, image_size: int, flip: bool, expanded_dir: str | Path | None
                   ) -> dict[str, Any]:
     """Transformed train (original [+ synthetic]), val (or None) and test sets, and their sizes."""
-    name, root = args.dataset, args.data_root
+    name, root = config.dataset, config.data_root
     train = load_dataset(name, "train", root=root)
     test = load_dataset(name, "test", root=root)
     val, val_source = None, None
-    if args.validation:
-        if args.val_fraction is None and dataset_has_split(name, "val", root):
+    if config.validation:
+        if config.val_fraction is None and dataset_has_split(name, "val", root):
             val, val_source = load_dataset(name, "val", root=root), "val split"
         else:
-            fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
+            fraction = config.val_fraction if config.val_fraction is not None else DEFAULT_VAL_FRACTION
             train, val = data.holdout(train, fraction, seed=0)
             val_source = f"{fraction:g} of train"
     synthetic, dropped = None, 0
@@ -267,15 +267,15 @@ def load_run_data(args: RunConfig, image_size: int, flip: bool, expanded_dir: st
                 logger.warning("dropped %d synthetic images made from held-out validation images", dropped)
             synthetic = kept
     skipped = 0
-    if args.skip_unreadable:
+    if config.skip_unreadable:
         (train, n_train), (test, n_test), (val, n_val), (synthetic, n_synthetic) = [
             _without_unreadable(d) for d in (train, test, val, synthetic)]
         skipped = n_train + n_test + n_val + n_synthetic
         if skipped:
             logger.warning("--skip_unreadable: skipped %d unreadable images (train %d, val %d, test %d, synthetic %d)",
                            skipped, n_train, n_val, n_test, n_synthetic)
-    mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
-    train_tf = train_transform(image_size, mean, std, flip=flip, augment=args.augment)
+    mean, std = ARCHS[config.arch].mean, ARCHS[config.arch].std
+    train_tf = train_transform(image_size, mean, std, flip=flip, augment=config.augment)
     eval_tf = eval_transform(image_size, mean, std)
     parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
     return {"train": ConcatDataset(parts) if len(parts) > 1 else parts[0], "classes": train.classes,
@@ -291,43 +291,43 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def run_training(args: RunConfig) -> dict[str, Any] | None:
+def run_training(config: RunConfig) -> dict[str, Any] | None:
     """Train one seed; returns results.yaml's content, or None for a skipped finished run."""
-    _validate(args)
-    out = run_dir(args)
-    if (out / RESULTS_NAME).is_file() and not args.overwrite:
+    _validate(config)
+    out = run_dir(config)
+    if (out / RESULTS_NAME).is_file() and not config.overwrite:
         logger.warning("skipping %s: finished (results.yaml exists); pass --overwrite to run it again", out)
         return None
-    logger.info(configure_gpu(args.gpu))
+    logger.info(configure_gpu(config.gpu))
     if not torch.cuda.is_available():
-        logger.info("using %d CPU threads", configure_threads(args.num_threads))
-    accelerator = make_accelerator(args.mixed_precision)
-    check_global_batch(args.batch_size, accelerator)  # before --overwrite deletes anything
-    if args.overwrite:
+        logger.info("using %d CPU threads", configure_threads(config.num_threads))
+    accelerator = make_accelerator(config.mixed_precision)
+    check_global_batch(config.batch_size, accelerator)  # before --overwrite deletes anything
+    if config.overwrite:
         if accelerator.is_main_process:  # once, and before any process writes the new run's files
             for name in (RESULTS_NAME, CHECKPOINT_NAME, LAST_STATE_NAME, LOG_NAME):
                 (out / name).unlink(missing_ok=True)
         accelerator.wait_for_everyone()
     expanded_dir = None
-    if args.exp:
-        expanded_dir = args.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(args.dataset) / args.exp
-    image_size, flip = image_settings(args)
-    run_data = load_run_data(args, image_size, flip, expanded_dir)
+    if config.exp:
+        expanded_dir = config.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(config.dataset) / config.exp
+    image_size, flip = image_settings(config)
+    run_data = load_run_data(config, image_size, flip, expanded_dir)
 
-    seed_everything(args.seed)
-    model = build_classifier(args.arch, len(run_data["classes"]), pretrained=args.pretrained,
-                             pretrained_path=args.pretrained_path)
-    info = {"arch": args.arch, "num_classes": len(run_data["classes"]), "classes": list(run_data["classes"]),
-            "image_size": image_size, "mean": list(ARCHS[args.arch].mean), "std": list(ARCHS[args.arch].std),
-            "dataset": args.dataset, "pretrained": args.pretrained,
-            "args": {k: _plain(v) for k, v in asdict(args).items()}}
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         augment=args.augment, num_workers=args.num_workers)
+    seed_everything(config.seed)
+    model = build_classifier(config.arch, len(run_data["classes"]), pretrained=config.pretrained,
+                             pretrained_path=config.pretrained_path)
+    info = {"arch": config.arch, "num_classes": len(run_data["classes"]), "classes": list(run_data["classes"]),
+            "image_size": image_size, "mean": list(ARCHS[config.arch].mean), "std": list(ARCHS[config.arch].std),
+            "dataset": config.dataset, "pretrained": config.pretrained,
+            "args": {k: _plain(v) for k, v in asdict(config).items()}}
+    train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                         augment=config.augment, num_workers=config.num_workers)
     summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
-                  config=config, output_dir=out, info=info, accelerator=accelerator)
-    results = {"dataset": args.dataset, "exp": args.exp, "arch": args.arch, "lr": args.lr,
-               "pretrained": args.pretrained, "augment": args.augment, "seed": args.seed, "epochs": args.epochs,
-               "batch_size": args.batch_size, "image_size": image_size, "flip": flip,
+                  config=train_config, output_dir=out, info=info, accelerator=accelerator)
+    results = {"dataset": config.dataset, "exp": config.exp, "arch": config.arch, "lr": config.lr,
+               "pretrained": config.pretrained, "augment": config.augment, "seed": config.seed, "epochs": config.epochs,
+               "batch_size": config.batch_size, "image_size": image_size, "flip": flip,
                "expanded_dir": str(expanded_dir) if expanded_dir else None,
                "val_source": run_data["val_source"], **summary, **run_data["counts"]}
     if accelerator.is_main_process:

@@ -58,8 +58,8 @@ def main(args) -> float:
         sys.exit(f"choose_strength.py: --candidates {args.candidates} must lie in ({args.base}, 1].")
     wanted = settings(args)
     path = Path(args.json) if args.json else None
-    if path is not None and path.is_file() and json.loads(path.read_text()).get("settings") == wanted:
-        saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if saved.get("settings") == wanted:
         print(f"chosen before ({path}): {saved['reason']}", file=sys.stderr)
         print(saved["strength"])
         return saved["strength"]

@@ -218,12 +218,14 @@ def fit(model: nn.Module, *, train_set: Dataset, test_set: Dataset, val_set: Dat
     generator = torch.Generator()
     train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True,
                                num_workers=config.num_workers, generator=generator)
-    test_set, val_set = cached_eval_set(test_set), (cached_eval_set(val_set) if val_set is not None else None)
-    test_loader = make_loader(test_set, batch_size=config.batch_size, shuffle=False,
-                              num_workers=0 if isinstance(test_set, TensorDataset) else config.num_workers)
-    val_loader = (make_loader(val_set, batch_size=config.batch_size, shuffle=False,
-                              num_workers=0 if isinstance(val_set, TensorDataset) else config.num_workers)
-                  if val_set is not None else None)
+
+    def eval_loader(dataset: Dataset) -> DataLoader:
+        dataset = cached_eval_set(dataset)  # in memory: no workers to start every epoch
+        return make_loader(dataset, batch_size=config.batch_size, shuffle=False,
+                           num_workers=0 if isinstance(dataset, TensorDataset) else config.num_workers)
+
+    test_loader = eval_loader(test_set)
+    val_loader = eval_loader(val_set) if val_set is not None else None
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)

@@ -22,19 +22,7 @@ TRAIN_FLAGS="--validation"
 OUT=results/$DATASET
 mkdir -p "$OUT/logs"
 
-# run_lanes NAME FUNCTION [NAME FUNCTION ...]: run each function in the background, log to
-# $OUT/logs/NAME.log, wait for all; fails (after all have ended) if any failed.
-run_lanes() {
-  local pids=() names=() status=0
-  while [ "$#" -gt 0 ]; do
-    echo "   lane $1: log in $OUT/logs/$1.log"
-    "$2" > "$OUT/logs/$1.log" 2>&1 & pids+=($!); names+=("$1"); shift 2
-  done
-  for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || { echo "lane ${names[$i]} failed: see the end of $OUT/logs/${names[$i]}.log" >&2; status=1; }
-  done
-  return $status
-}
+source scripts/lib/lanes.sh
 
 guide() { python train_original.py "$DATASET" $ARCH $LR False 0 --seed 1 --print_checkpoint; }
 high_strength() { python scripts/choose_strength.py "$DATASET" --base $BASE --candidates 0.7 0.9 --min_drop 0.05 \
@@ -84,11 +72,11 @@ gap_lane() {
 
 start=$(date +%s)
 echo "== 1/3: the guide, the higher strength and the six expansions | original seeds 2-3 and AutoAugment"
-run_lanes generate generate_lane baselines baseline_lane
+run_lanes "$OUT/logs" generate generate_lane baselines baseline_lane
 echo "== 2/3: smallcnn on original + each expansion, seeds 1 2 3"
-run_lanes train_a train_lane_a train_b train_lane_b
+run_lanes "$OUT/logs" train_a train_lane_a train_b train_lane_b
 echo "== 3/3: distances to test (guide and EfficientNet-Lite0 features), judge fidelity, copy distance"
-run_lanes report report_lane gap gap_lane
+run_lanes "$OUT/logs" report report_lane gap gap_lane
 echo "== accuracy of every run"
 python parse_logs.py "checkpoint/$DATASET" --multi
 echo "== the comparison table (also in $OUT/table.md); $(( ($(date +%s) - start) / 60 )) min this call"

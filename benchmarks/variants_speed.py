@@ -1,0 +1,80 @@
+"""Expansion speed of each guidance variant against plain SD img2img, in alternating rounds.
+
+    python benchmarks/variants_speed.py --rounds 3
+
+The variants and their flags are the grid of scripts/variants_comparison.sh. Each runs the same
+`expand.py` job on the shipped tiny SD (digits, --max_source_images 20, 2 copies, DDIM 50 at
+strength 0.5, batch 20, 1 CPU thread) with the same guide; each round runs every variant once, in
+an order that is reversed every other round, so a change of machine load hits all of them. The rate
+is expand.py's own "images/s" (sampling time, latent cache warm, model loading excluded); the ratio
+is against plain SD img2img in the same round. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline_before_after import RATE, REPO, run
+
+VARIANTS = {  # name: expand.py flags (scripts/variants_comparison.sh)
+    "v_sd": ["--guidance", "none"],
+    "v_paper": [],
+    "v_identity_r1_i1": ["--transform_init", "identity", "--transform_resolution", "1", "--transform_iters", "1"],
+    "v_identity_r1_i3": ["--transform_init", "identity", "--transform_resolution", "1", "--transform_iters", "3"],
+    "v_identity_r4_i1": ["--transform_init", "identity", "--transform_resolution", "4", "--transform_iters", "1"],
+    "v_identity_r4_i3": ["--transform_init", "identity", "--transform_resolution", "4", "--transform_iters", "3"],
+    "v_direct_p2": ["--guidance", "direct", "--guidance_period", "2"],
+    "v_direct_p5_linear": ["--guidance", "direct", "--guidance_period", "5", "--rho_schedule", "linear"],
+    "v_select_energy": ["--guidance", "none", "--candidates", "4", "--select", "energy"],
+    "v_select_probability": ["--guidance", "none", "--candidates", "4", "--select", "probability"],
+    "v_select_direct_p5_linear": ["--guidance", "direct", "--guidance_period", "5", "--rho_schedule", "linear",
+                                  "--candidates", "4", "--select", "energy"],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sources", type=int, default=20, help="--max_source_images")
+    parser.add_argument("--copies", type=int, default=2, help="--num_images_per_prompt")
+    parser.add_argument("--batch_size", type=int, default=20)
+    parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
+    return parser.parse_args(argv)
+
+
+def expand(flags: list[str], guide: Path, out: Path, cache: Path, args) -> float:
+    """One expand.py job with `flags`; its images/s."""
+    stdout = run([sys.executable, "expand.py", "-d", "digits", "--guide_checkpoint", str(guide),
+                  "--max_source_images", str(args.sources), "--num_images_per_prompt", str(args.copies),
+                  "--strength", "0.5", "--batch_size", str(args.batch_size), "--num_threads", "1",
+                  "--output_dir", str(out), "--cache_dir", str(cache), "--no_report", *flags], REPO)
+    return float(RATE.search(stdout).group(2))
+
+
+def main(args) -> dict[str, list[float]]:
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="variants_speed_"))
+    guide = work / "guide" / "digits" / "smallcnn_unpretrained_lr0.1" / "seed1" / "model_best.pth.tar"
+    if not guide.is_file():  # the guide's accuracy does not matter for speed: one epoch
+        run([sys.executable, "train_original.py", "digits", "smallcnn", "0.1", "False", "0", "--epochs", "1",
+             "--output_root", str(work / "guide"), "--num_threads", "1"], REPO)
+    names = ["v_sd", *[v for v in args.variants if v != "v_sd"]]
+    expand(VARIANTS["v_sd"], guide, work / "warm", work / "cache", args)  # latent cache and imports, untimed
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else reversed(names)):
+            rates[name].append(expand(VARIANTS[name], guide, work / f"{name}-r{r}", work / "cache", args))
+    print("\n| variant | images/s per round | × SD per round | median × SD |\n|---|---|---|---|")
+    for name in names:
+        ratios = [v / sd for v, sd in zip(rates[name], rates["v_sd"])]
+        print(f"| {name} | {', '.join(f'{v:.2f}' for v in rates[name])} | {', '.join(f'{x:.2f}' for x in ratios)} | "
+              f"{statistics.median(ratios):.2f} |")
+    return rates
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -13,6 +13,7 @@ is against plain SD img2img in the same round. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ VARIANTS = {  # name: expand.py flags (scripts/variants_comparison.sh)
     "v_direct_p5_linear": ["--guidance", "direct", "--guidance_period", "5", "--rho_schedule", "linear"],
     "v_select_energy": ["--guidance", "none", "--candidates", "4", "--select", "energy"],
     "v_select_probability": ["--guidance", "none", "--candidates", "4", "--select", "probability"],
+    "v_select_direct_p2": ["--guidance", "direct", "--guidance_period", "2", "--candidates", "4", "--select", "energy"],
     "v_select_direct_p5_linear": ["--guidance", "direct", "--guidance_period", "5", "--rho_schedule", "linear",
                                   "--candidates", "4", "--select", "energy"],
 }
@@ -44,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--copies", type=int, default=2, help="--num_images_per_prompt")
     parser.add_argument("--batch_size", type=int, default=20)
     parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--json", default=None, help="also write {variant: {rates, ratios, median_ratio}} here "
+                        "(scripts/variants_table.py --speed reads it)")
     return parser.parse_args(argv)
 
 
@@ -56,7 +60,7 @@ def expand(flags: list[str], guide: Path, out: Path, cache: Path, args) -> float
     return float(RATE.search(stdout).group(2))
 
 
-def main(args) -> dict[str, list[float]]:
+def main(args) -> dict[str, dict]:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="variants_speed_"))
     guide = work / "guide" / "digits" / "smallcnn_unpretrained_lr0.1" / "seed1" / "model_best.pth.tar"
     if not guide.is_file():  # the guide's accuracy does not matter for speed: one epoch
@@ -68,12 +72,17 @@ def main(args) -> dict[str, list[float]]:
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else reversed(names)):
             rates[name].append(expand(VARIANTS[name], guide, work / f"{name}-r{r}", work / "cache", args))
+    result = {}
     print("\n| variant | images/s per round | × SD per round | median × SD |\n|---|---|---|---|")
     for name in names:
         ratios = [v / sd for v, sd in zip(rates[name], rates["v_sd"])]
+        result[name] = {"rates": rates[name], "ratios": ratios, "median_ratio": statistics.median(ratios)}
         print(f"| {name} | {', '.join(f'{v:.2f}' for v in rates[name])} | {', '.join(f'{x:.2f}' for x in ratios)} | "
               f"{statistics.median(ratios):.2f} |")
-    return rates
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@
 #   select_direct    the chosen direct setting with --candidates 4 --select energy     (guidance + filtering)
 # Then every chosen expansion's distance to test (guide and EfficientNet-Lite0 features), judge fidelity,
 # copy distance (scripts/report.py, scripts/shift_gap.py) and images/s from expand.py's own line.
-# Two lanes of one thread each (scripts/lib/lanes.sh); the two expansions in flight at any time each
-# report their own images/s, so compare images/s within one table, not across machines.
+# Two lanes of one thread each (scripts/lib/lanes.sh). The rate of each expansion here depends on what
+# the other lane ran meanwhile; the cost column comes from results/variants_speed.json when it exists
+# (python benchmarks/variants_speed.py --json results/variants_speed.json: all variants on one job, in
+# alternating rounds), else from these runs' own images/s.
 # Resumable: finished runs are skipped, expansions resume. Logs in results/DATASET/variants/logs/.
 #   bash scripts/variants_comparison.sh digits-shift-blur
 set -euo pipefail
@@ -96,4 +98,5 @@ run_lanes "$LOGS" lane_seeds_a seeds_a lane_seeds_b seeds_b
 echo "== 4/4: distances to test, judge fidelity, copy distance of the chosen expansions"
 run_lanes "$LOGS" lane_report report_lane lane_gap gap_lane
 echo "== the table (also in $OUT/table.md); $(( ($(date +%s) - start) / 60 )) min this call"
-python scripts/variants_table.py "$DATASET" | tee "$OUT/table.md"
+SPEED=(); if [ -f results/variants_speed.json ]; then SPEED=(--speed results/variants_speed.json); fi
+python scripts/variants_table.py "$DATASET" "${SPEED[@]}" | tee "$OUT/table.md"

@@ -26,6 +26,7 @@ from shift_table import RUN, independent_distance  # noqa: E402
 COMMAND = "bash scripts/variants_comparison.sh {dataset}"
 GRID = ("v_sd", "v_paper", "v_identity_r1_i1", "v_identity_r1_i3", "v_identity_r4_i1", "v_identity_r4_i3",
         "v_direct_p2", "v_direct_p5_linear", "v_select_energy", "v_select_probability", "v_select_direct")
+ACCURACY = ("val_selected_accuracy", "best_accuracy")  # the two accuracy columns, in order
 RATE = re.compile(r"wrote (\d+) of \d+ images .* \(([\d.]+) images/s\)")
 
 
@@ -34,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument("dataset")
     parser.add_argument("--checkpoint_root", default="checkpoint")
     parser.add_argument("--results_root", default="results")
+    parser.add_argument("--speed", default=None, help="benchmarks/variants_speed.py --json output: the cost column "
+                        "becomes its median images/s ratio to SD img2img (alternating rounds on one job) instead of "
+                        "the rate of this run's own expansions, which depends on what else shared the machine")
     return parser.parse_args(argv)
 
 
@@ -49,7 +53,12 @@ def images_per_second(log: Path) -> float | None:
     return max(rates)[1] if rates else None
 
 
-def tables(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
+def benchmark_exp(exp: str, chosen: dict) -> str:
+    """The benchmarks/variants_speed.py name of a comparison expansion (v_select_direct is the chosen direct's)."""
+    return f"v_select_{chosen['direct'][2:]}" if exp == "v_select_direct" else exp
+
+
+def tables(dataset: str, checkpoint_root: Path, results_root: Path, speed: dict | None = None) -> str:
     """The val grid and the variants table, markdown; raises UserError naming what is missing."""
     out = results_root / dataset / "variants"
     chosen = _json(out / "chosen.json", dataset)
@@ -64,31 +73,49 @@ def tables(dataset: str, checkpoint_root: Path, results_root: Path) -> str:
             ("transform from the identity", chosen["identity"]), ("direct guidance", chosen["direct"]),
             ("selection alone (SD, best of 4)", chosen["select"]), ("direct + selection (best of 4)", "v_select_direct"))
     sd_rate = images_per_second(out / "logs" / "v_sd.log")
+    cost = "sampling cost (× SD images/s, benchmarks/variants_speed.py)" if speed else "images/s in this run (× SD)"
     header = ("variant", "setting", "seeds", "test acc. at best val", "test acc. best", "FID / KID (1e-3) vs test, guide",
               "FID / KID (1e-3) vs test, EfficientNet-Lite0", "fidelity: judge", "fidelity: guide", "copy→source",
-              "images/s (× SD)")
+              cost)
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    original = summarize_experiment(checkpoint_root / dataset / RUN)  # the guide's runs: what expanding must beat
+    lines.append("| " + " | ".join(["original data", "–", ",".join(map(str, original["seeds"])),
+                                     *(format_value(original["mean"][m], original["std"][m]) for m in ACCURACY),
+                                     *["–"] * 6]) + " |")
+    yard = gap.get("yardstick: real train vs test")
+    if yard:  # the real train images against test: the distance a perfect expansion would have
+        fid, kid = independent_distance(report, "real train (yardstick)")
+        lines.append("| " + " | ".join(["yardstick: real train vs test", "–", "–", "–", "–",
+                                         f"{yard['fid']:.4f} / {yard['kid_mean'] * 1e3:.2f}", f"{fid} / {kid}",
+                                         f"{yard['fidelity_judge']:.3f}", f"{yard['fidelity_guide']:.3f}", "–", "–"]) + " |")
     for label, exp in rows:
         summary = summarize_experiment(checkpoint_root / dataset / exp / RUN)
         acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
-               for m in ("val_selected_accuracy", "best_accuracy")]
+               for m in ACCURACY]
         if exp not in gap:
             raise UserError(f"{exp} is not in {out / 'gap_test.json'}; rerun `{COMMAND.format(dataset=dataset)}`.")
         g = gap[exp]
         fid, kid = independent_distance(report, exp)
         rate = images_per_second(out / "logs" / f"{exp}.log")
-        speed = f"{rate:.2f} ({rate / sd_rate:.2f}×)" if rate and sd_rate else ""
+        if speed:
+            if benchmark_exp(exp, chosen) not in speed:
+                raise UserError(f"{benchmark_exp(exp, chosen)} is not in the --speed file; run "
+                                "`python benchmarks/variants_speed.py --json FILE` (all variants, the default).")
+            cell = f"{speed[benchmark_exp(exp, chosen)]['median_ratio']:.2f}×"
+        else:
+            cell = f"{rate:.2f} ({rate / sd_rate:.2f}×)" if rate and sd_rate else ""
         lines.append("| " + " | ".join([label, exp, ",".join(map(str, summary["seeds"])), *acc,
                                          f"{g['fid']:.4f} / {g['kid_mean'] * 1e3:.2f}", f"{fid} / {kid}",
                                          f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}",
                                          f"{g['copy_to_source']:.3f}" if g["copy_to_source"] is not None else "",
-                                         speed]) + " |")
+                                         cell]) + " |")
     return "\n".join(lines)
 
 
 def main(args):
     with cli.user_errors("variants_table.py"):
-        text = tables(args.dataset, Path(args.checkpoint_root), Path(args.results_root))
+        speed = json.loads(Path(args.speed).read_text()) if args.speed else None
+        text = tables(args.dataset, Path(args.checkpoint_root), Path(args.results_root), speed)
     print(text)
     return text
 

@@ -23,11 +23,19 @@ def _fake(root, dataset):
             run.mkdir(parents=True)
             write_results(run / "results.yaml", {"best_accuracy": 90.0 + i, "val_selected_accuracy": 80.0 + i + seed,
                                                  "final_accuracy": 1.0, "val_best_accuracy": 70.0 + i})
-    rows = [{"name": f"expanded/{dataset}/{e}", "fid": 0.01, "kid_mean": 2e-3, "kid_std": 1e-4, "fidelity_judge": 0.9,
+    for seed in (1, 2, 3):
+        run = root / "checkpoint" / dataset / RUN / f"seed{seed}"
+        run.mkdir(parents=True)
+        write_results(run / "results.yaml", {"best_accuracy": 60.0 + seed, "val_selected_accuracy": 50.0,
+                                             "final_accuracy": 1.0, "val_best_accuracy": 40.0})
+    yardstick = {"name": "yardstick: real train vs test", "fid": 0.005, "kid_mean": -1e-4, "kid_std": 1e-4,
+                 "fidelity_judge": 0.98, "fidelity_guide": 1.0, "copy_to_source": None}
+    rows = [yardstick] + [{"name": f"expanded/{dataset}/{e}", "fid": 0.01, "kid_mean": 2e-3, "kid_std": 1e-4, "fidelity_judge": 0.9,
              "fidelity_guide": 0.8, "copy_to_source": 0.25} for e in used]
     (out / "gap_test.json").write_text(json.dumps({"rows": rows}))
     independent = [{"set": e, "reference": "test", "overall": {"fid": 20.0, "kid_mean": 3e-3, "kid_std": 1e-4}}
-                   for e in used]
+                   for e in used] + [{"set": "real train (yardstick)", "reference": "test",
+                                      "overall": {"fid": 7.0, "kid_mean": -3e-4, "kid_std": 1e-3}}]
     (out / "report" / "report.json").write_text(json.dumps(
         {"distribution": {"efficientnet_lite0": {"status": "ok", "rows": independent}}}))
     (out / "logs" / "v_sd.log").write_text("shard 0/1: wrote 500 of 500 images to x in 100.0 s (5.00 images/s)\n"
@@ -40,6 +48,8 @@ def test_the_tables_show_the_grid_and_each_variant_at_its_chosen_setting(tmp_pat
     text = variants_table.tables("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results")
     lines = text.splitlines()
     assert lines[2] == "| v_sd | 70.00 |" and len([l for l in lines if l.startswith("| v_")]) == len(variants_table.GRID)
+    assert "| original data | – | 1,2,3 | 50.00 ± 0.00 | 62.00 ± 1.00 | – | – | – | – | – | – |" in lines
+    assert "| yardstick: real train vs test | – | – | – | – | 0.0050 / -0.10 | 7.00 / -0.30 ± 1.00 | 0.980 | 1.000 | – | – |" in lines
     direct = next(l for l in lines if l.startswith("| direct guidance |"))
     assert direct.startswith("| direct guidance | v_direct_p2 | 1,2,3 | 88.00 ± 1.00 | 96.00 ± 0.00 |")
     assert direct.endswith("| 0.0100 / 2.00 | 20.00 / 3.00 ± 0.10 | 0.900 | 0.800 | 0.250 | 2.50 (0.50×) |")
@@ -48,3 +58,16 @@ def test_the_tables_show_the_grid_and_each_variant_at_its_chosen_setting(tmp_pat
 def test_a_missing_input_names_the_command(tmp_path):
     with pytest.raises(Exception, match="chosen.json not found; run `bash scripts/variants_comparison.sh d`"):
         variants_table.tables("d", tmp_path / "checkpoint", tmp_path / "results")
+
+
+def test_the_cost_column_comes_from_the_speed_benchmark_when_given(tmp_path):
+    _fake(tmp_path, "digits-shift-blur")
+    speed = {e: {"median_ratio": r} for e, r in [("v_sd", 1.0), ("v_paper", 0.8), ("v_identity_r4_i1", 0.9),
+                                                   ("v_direct_p2", 0.7), ("v_select_energy", 0.26),
+                                                   ("v_select_direct_p2", 0.2)]}
+    text = variants_table.tables("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results", speed)
+    assert "| sampling cost (× SD images/s, benchmarks/variants_speed.py) |" in text
+    assert next(l for l in text.splitlines() if l.startswith("| direct + selection")).endswith("| 0.20× |")
+    del speed["v_select_direct_p2"]
+    with pytest.raises(Exception, match="v_select_direct_p2 is not in the --speed file"):
+        variants_table.tables("digits-shift-blur", tmp_path / "checkpoint", tmp_path / "results", speed)

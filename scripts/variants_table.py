@@ -72,7 +72,7 @@ def tables(dataset: str, checkpoint_root: Path, results_root: Path, speed: dict 
     rows = (("plain SD img2img", "v_sd"), ("DistDiff (paper defaults)", "v_paper"),
             ("transform from the identity", chosen["identity"]), ("direct guidance", chosen["direct"]),
             ("selection alone (SD, best of 4)", chosen["select"]), ("direct + selection (best of 4)", "v_select_direct"))
-    sd_rate = images_per_second(out / "logs" / "v_sd.log")
+    sd_rate = None if speed else images_per_second(out / "logs" / "v_sd.log")
     cost = "sampling cost (× SD images/s, benchmarks/variants_speed.py)" if speed else "images/s in this run (× SD)"
     header = ("variant", "setting", "seeds", "test acc. at best val", "test acc. best", "FID / KID (1e-3) vs test, guide",
               "FID / KID (1e-3) vs test, EfficientNet-Lite0", "fidelity: judge", "fidelity: guide", "copy→source",
@@ -96,13 +96,14 @@ def tables(dataset: str, checkpoint_root: Path, results_root: Path, speed: dict 
             raise UserError(f"{exp} is not in {out / 'gap_test.json'}; rerun `{COMMAND.format(dataset=dataset)}`.")
         g = gap[exp]
         fid, kid = independent_distance(report, exp)
-        rate = images_per_second(out / "logs" / f"{exp}.log")
         if speed:
-            if benchmark_exp(exp, chosen) not in speed:
-                raise UserError(f"{benchmark_exp(exp, chosen)} is not in the --speed file; run "
+            name = benchmark_exp(exp, chosen)
+            if name not in speed:
+                raise UserError(f"{name} is not in the --speed file; run "
                                 "`python benchmarks/variants_speed.py --json FILE` (all variants, the default).")
-            cell = f"{speed[benchmark_exp(exp, chosen)]['median_ratio']:.2f}×"
+            cell = f"{speed[name]['median_ratio']:.2f}×"
         else:
+            rate = images_per_second(out / "logs" / f"{exp}.log")
             cell = f"{rate:.2f} ({rate / sd_rate:.2f}×)" if rate and sd_rate else ""
         lines.append("| " + " | ".join([label, exp, ",".join(map(str, summary["seeds"])), *acc,
                                          f"{g['fid']:.4f} / {g['kid_mean'] * 1e3:.2f}", f"{fid} / {kid}",

@@ -76,13 +76,19 @@ def _f(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def independent_distance(report: dict, name: str) -> list[str]:
-    """FID and KID (1e-3) of set `name` against test in the independent space; blanks for a report without it."""
+def independent_overall(report: dict, name: str) -> dict | None:
+    """Set `name`'s overall FID/KID against test in the independent space; None for a report without it."""
     section = report.get("distribution", {}).get(INDEPENDENT, {})
     rows = [r["overall"] for r in section.get("rows", []) if r["set"] == name and r["reference"] == "test"]
-    if section.get("status") != "ok" or not rows:
+    return rows[0] if section.get("status") == "ok" and rows else None
+
+
+def independent_distance(report: dict, name: str) -> list[str]:
+    """FID and KID (1e-3) of set `name` against test in the independent space; blanks for a report without it."""
+    row = independent_overall(report, name)
+    if row is None:
         return ["", ""]
-    return [f"{rows[0]['fid']:.2f}", f"{rows[0]['kid_mean'] * 1e3:.2f} ± {rows[0]['kid_std'] * 1e3:.2f}"]
+    return [f"{row['fid']:.2f}", f"{row['kid_mean'] * 1e3:.2f} ± {row['kid_std'] * 1e3:.2f}"]
 
 
 def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str = "shift") -> str:

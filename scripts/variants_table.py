@@ -7,7 +7,9 @@ then one row per variant at its chosen setting: test accuracy over seeds (at the
 and the paper's best epoch), distances to the test split in the guide's and in ImageNet
 EfficientNet-Lite0's features, judge and guide label fidelity, copy distance, and images/s of its
 expansion (expand.py's own figure, the same machine and run) relative to plain SD img2img.
-A missing input is an error naming the command that makes it.
+Last, the target of docs/variants.md applied to each variant: at least 1 point of test accuracy at
+the best-val epoch over plain SD img2img, outside the seeds' spread, and a lower FID to test in
+EfficientNet-Lite0's features. A missing input is an error naming the command that makes it.
 """
 
 import argparse
@@ -18,15 +20,16 @@ from pathlib import Path
 
 from distdiff import cli
 from distdiff.errors import UserError
-from distdiff.training.results import format_value, read_results, summarize_experiment
+from distdiff.training.results import clears_by, format_value, read_results, summarize_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/shift_table.py, beside this script
-from shift_table import RUN, independent_distance  # noqa: E402
+from shift_table import RUN, independent_distance, independent_overall  # noqa: E402
 
 COMMAND = "bash scripts/variants_comparison.sh {dataset}"
 GRID = ("v_sd", "v_paper", "v_identity_r1_i1", "v_identity_r1_i3", "v_identity_r4_i1", "v_identity_r4_i3",
         "v_direct_p2", "v_direct_p5_linear", "v_select_energy", "v_select_probability", "v_select_direct")
 ACCURACY = ("val_selected_accuracy", "best_accuracy")  # the two accuracy columns, in order
+MARGIN = 1.0  # points of test accuracy at the best-val epoch over SD img2img: the target in docs/variants.md
 RATE = re.compile(r"wrote (\d+) of \d+ images .* \(([\d.]+) images/s\)")
 
 
@@ -88,8 +91,9 @@ def tables(dataset: str, checkpoint_root: Path, results_root: Path, speed: dict 
         lines.append("| " + " | ".join(["yardstick: real train vs test", "–", "–", "–", "–",
                                          f"{yard['fid']:.4f} / {yard['kid_mean'] * 1e3:.2f}", f"{fid} / {kid}",
                                          f"{yard['fidelity_judge']:.3f}", f"{yard['fidelity_guide']:.3f}", "–", "–"]) + " |")
+    summaries = {}
     for label, exp in rows:
-        summary = summarize_experiment(checkpoint_root / dataset / exp / RUN)
+        summary = summaries[exp] = summarize_experiment(checkpoint_root / dataset / exp / RUN)
         acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
                for m in ACCURACY]
         if exp not in gap:
@@ -110,6 +114,26 @@ def tables(dataset: str, checkpoint_root: Path, results_root: Path, speed: dict 
                                          f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}",
                                          f"{g['copy_to_source']:.3f}" if g["copy_to_source"] is not None else "",
                                          cell]) + " |")
+    return "\n".join(lines + ["", target_table(rows, summaries, report)])
+
+
+def target_table(rows: tuple, summaries: dict, report: dict) -> str:
+    """Each variant against plain SD img2img by the target's rule: best-val-epoch accuracy and independent FID."""
+    acc = {exp: (s["mean"][ACCURACY[0]], s["std"].get(ACCURACY[0])) for exp, s in summaries.items()
+           if ACCURACY[0] in s["mean"]}
+    fid = {exp: row["fid"] if (row := independent_overall(report, exp)) else None for exp in summaries}
+    lines = [f"| variant | setting | Δ acc. at best val vs SD | ≥ {MARGIN:g} point outside the spread | "
+             "Δ FID vs SD, EfficientNet-Lite0 | meets the target |", "|---|---|---|---|---|---|"]
+    for label, exp in rows[1:]:
+        if exp not in acc or "v_sd" not in acc:
+            lines.append(f"| {label} | {exp} | | | | |")
+            continue
+        clears = clears_by(acc[exp], acc["v_sd"], margin=MARGIN)
+        closer = None if fid[exp] is None or fid["v_sd"] is None else fid[exp] < fid["v_sd"]
+        d_fid = "" if closer is None else f"{fid[exp] - fid['v_sd']:+.2f}"
+        meets = "yes" if clears and closer else "no"
+        lines.append(f"| {label} | {exp} | {acc[exp][0] - acc['v_sd'][0]:+.2f} | {'yes' if clears else 'no'} | "
+                     f"{d_fid} | {meets} |")
     return "\n".join(lines)
 
 

@@ -3,8 +3,8 @@ import csv
 import pytest
 
 import parse_logs
-from distdiff.training.results import (find_experiments, higher_strength_on_validation, mean_std, read_results,
-                                       summarize_experiment, write_results)
+from distdiff.training.results import (clears_by, find_experiments, higher_strength_on_validation, mean_std,
+                                       read_results, summarize_experiment, write_results)
 
 
 def _write(folder, seed, best, final, val=None):
@@ -102,3 +102,11 @@ def test_the_higher_strength_is_the_lowest_with_a_clear_fidelity_drop_else_the_s
     assert strength == 0.9 and "no candidate's fidelity" in reason and "0.7: 0.990" in reason
     with pytest.raises(ValueError, match=r"missing \[0.9\]"):
         higher_strength_on_validation({0.5: 0.9, 0.7: 0.8}, **rule)
+
+
+def test_clears_by_needs_the_margin_and_intervals_that_do_not_overlap():
+    assert clears_by((93.83, 0.58), (86.39, 1.87), margin=1.0)
+    assert not clears_by((96.17, 1.17), (94.44, 1.40), margin=1.0)  # +1.7, but 95.00 < 95.84: they overlap
+    assert not clears_by((85.5, 0.0), (85.0, 0.0), margin=1.0)  # outside the spread, but half a point
+    assert clears_by((86.0, None), (85.0, None), margin=1.0)  # one seed: no spread to overlap
+    assert not clears_by((84.0, 0.1), (86.0, 0.1), margin=1.0)  # worse is never a gain

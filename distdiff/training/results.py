@@ -89,6 +89,16 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def clears_by(candidate: tuple[float, float | None], baseline: tuple[float, float | None], *,
+              margin: float) -> bool:
+    """Whether `candidate` (mean, std over seeds) beats `baseline` by at least `margin` outside the spread.
+
+    Outside the spread: the intervals mean ± std do not overlap (a missing std counts as 0).
+    """
+    (c_mean, c_std), (b_mean, b_std) = candidate, baseline
+    return c_mean - b_mean >= margin and c_mean - (c_std or 0.0) > b_mean + (b_std or 0.0)
+
+
 def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     """Per-seed metrics, mean and sample std of an experiment folder (its seed<N>/results.yaml files).
 

@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 from pipeline_before_after import RATE, REPO, run
+from tqdm import tqdm
+
+from distdiff.utils.files import atomic_write_text
 
 VARIANTS = {  # name: expand.py flags (scripts/variants_comparison.sh)
     "v_sd": ["--guidance", "none"],
@@ -60,6 +63,20 @@ def expand(flags: list[str], guide: Path, out: Path, cache: Path, args) -> float
     return float(RATE.search(stdout).group(2))
 
 
+def schedule(names: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, variant) jobs in run order: every variant once per round, the order reversed every other round."""
+    return [(r, name) for r in range(rounds) for name in (names if r % 2 == 0 else names[::-1])]
+
+
+def ratios_to_sd(rates: dict[str, list[float]]) -> dict[str, dict]:
+    """Each variant's per-round images/s, its ratio to v_sd's rate in the same round, and the median ratio."""
+    result = {}
+    for name, values in rates.items():
+        ratios = [v / sd for v, sd in zip(values, rates["v_sd"])]
+        result[name] = {"rates": values, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+    return result
+
+
 def main(args) -> dict[str, dict]:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="variants_speed_"))
     guide = work / "guide" / "digits" / "smallcnn_unpretrained_lr0.1" / "seed1" / "model_best.pth.tar"
@@ -69,19 +86,16 @@ def main(args) -> dict[str, dict]:
     names = ["v_sd", *[v for v in args.variants if v != "v_sd"]]
     expand(VARIANTS["v_sd"], guide, work / "warm", work / "cache", args)  # latent cache and imports, untimed
     rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.rounds):
-        for name in (names if r % 2 == 0 else reversed(names)):
-            rates[name].append(expand(VARIANTS[name], guide, work / f"{name}-r{r}", work / "cache", args))
-    result = {}
+    for r, name in tqdm(schedule(names, args.rounds), desc="variant jobs", unit="job"):
+        rates[name].append(expand(VARIANTS[name], guide, work / f"{name}-r{r}", work / "cache", args))
+    result = ratios_to_sd(rates)
     print("\n| variant | images/s per round | × SD per round | median × SD |\n|---|---|---|---|")
-    for name in names:
-        ratios = [v / sd for v, sd in zip(rates[name], rates["v_sd"])]
-        result[name] = {"rates": rates[name], "ratios": ratios, "median_ratio": statistics.median(ratios)}
-        print(f"| {name} | {', '.join(f'{v:.2f}' for v in rates[name])} | {', '.join(f'{x:.2f}' for x in ratios)} | "
-              f"{statistics.median(ratios):.2f} |")
+    for name, row in result.items():
+        print(f"| {name} | {', '.join(f'{v:.2f}' for v in row['rates'])} | "
+              f"{', '.join(f'{x:.2f}' for x in row['ratios'])} | {row['median_ratio']:.2f} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     return result
 
 

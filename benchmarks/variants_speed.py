@@ -3,8 +3,8 @@
     python benchmarks/variants_speed.py --rounds 3
 
 The variants and their flags are the grid of scripts/variants_comparison.sh. Each runs the same
-`expand.py` job on the shipped tiny SD (digits, --max_source_images 20, 2 copies, DDIM 50 at
-strength 0.5, batch 20, 1 CPU thread) with the same guide; each round runs every variant once, in
+`expand.py` job on the shipped tiny SD (digits, --max_source_images 10, 2 copies: one batch of 20,
+DDIM 50 at strength 0.5, 1 CPU thread) with the same guide; each round runs every variant once, in
 an order that is reversed every other round, so a change of machine load hits all of them. The rate
 is expand.py's own "images/s" (sampling time, latent cache warm, model loading excluded); the ratio
 is against plain SD img2img in the same round. Prints a markdown table.
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--sources", type=int, default=20, help="--max_source_images")
+    parser.add_argument("--sources", type=int, default=10, help="--max_source_images (x copies = one batch of 20)")
     parser.add_argument("--copies", type=int, default=2, help="--num_images_per_prompt")
     parser.add_argument("--batch_size", type=int, default=20)
     parser.add_argument("--work_dir", default=None, help="default: a temporary folder")

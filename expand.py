@@ -29,12 +29,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parse_config(argv=None) -> ExpandConfig:
     """The job's typed config from command-line flags."""
-    return cli.config_from_args(ExpandConfig, parse_args(argv))
+    return cli.config_from_flags(ExpandConfig, vars(parse_args(argv)))
 
 
 def main(args: argparse.Namespace) -> dict:
     with cli.user_errors("expand.py"):
-        result = run(cli.config_from_args(ExpandConfig, args))
+        result = run(cli.config_from_flags(ExpandConfig, vars(args)))
     rate = result["written"] / result["seconds"] if result["written"] else 0.0
     print(f"shard {result['shard']}: wrote {result['written']} of {result['images']} images to {result['output_dir']} "
           f"in {result['seconds']:.1f} s ({rate:.2f} images/s)")

@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict | None:
-    config = cli.config_from_args(RunConfig, args)
+    config = cli.config_from_flags(RunConfig, vars(args))
     if args.print_checkpoint:
         print(checkpoint_path(config))
         return None

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -57,9 +57,9 @@ def configure_threads(num_threads: int | None) -> int:
     return num_threads
 
 
-def config_from_args(cls, args: argparse.Namespace):
-    """The config dataclass `cls` from a script's parsed flags: each field from the flag of its name."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+def config_from_flags(cls, flags: Mapping[str, Any]):
+    """The config dataclass `cls` from a script's flags (`vars(args)`): each field from the flag of its name."""
+    return cls(**{f.name: flags[f.name] for f in dataclasses.fields(cls) if f.name in flags})
 
 
 @contextmanager

@@ -137,7 +137,7 @@ def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights
     from distdiff.models.packaged_weights import efficientnet_lite0_state_dict
 
     argv = ["digits", "efficientnet_lite0", "1e-9", "True", "0", "--output_root", str(tmp_path)] + FAST
-    assert image_settings(cli.config_from_args(RunConfig, train_original.parse_args(argv)))[0] == 224  # the weights' resolution, not digits' 32
+    assert image_settings(cli.config_from_flags(RunConfig, vars(train_original.parse_args(argv))))[0] == 224  # the weights' resolution, not digits' 32
     train_original.main(train_original.parse_args(argv + ["--image_size", "32"]))  # 32 px keeps the test fast
     model, info = load_classifier(tmp_path / "digits" / "efficientnet_lite0_pretrained_lr1e-09" / "seed1")
     assert info["mean"] == [0.5] * 3 and info["std"] == [0.5] * 3 and info["image_size"] == 32

@@ -94,7 +94,6 @@ def main(args) -> dict[str, dict]:
         print(f"| {name} | {', '.join(f'{v:.2f}' for v in row['rates'])} | "
               f"{', '.join(f'{x:.2f}' for x in row['ratios'])} | {row['median_ratio']:.2f} |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=1))
     return result
 

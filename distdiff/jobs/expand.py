@@ -242,7 +242,8 @@ def validate(config: ExpandConfig) -> None:
     """Reject flag values that cannot work, naming the flag and the fix (rules: distdiff.utils.settings)."""
     check_settings(**{name: getattr(config, name, None) for name in RULES})
     if config.method != "none":  # the guidance schedule flags are unused by plain SD
-        check_schedule(steps=config.steps, guidance_step=config.guidance_step, guidance_period=config.guidance_period,
+        check_schedule(steps=config.steps, guidance_step=config.guidance_step,
+                       guidance_period=config.guidance_period,
                        start=img2img_start_index(config.steps, config.strength, config.start_index))
     if config.rho_schedule != "constant" and config.method != "direct":
         raise expansion.ExpansionError(f"--rho_schedule {config.rho_schedule} schedules direct guidance's steps; "
@@ -251,7 +252,8 @@ def validate(config: ExpandConfig) -> None:
         if getattr(config, flag) < 1:
             raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(config, flag)}.")
     if not 0 <= config.split < config.total_split:
-        raise expansion.ExpansionError(f"--split must be in [0, --total_split={config.total_split}), got {config.split}.")
+        raise expansion.ExpansionError(f"--split must be in [0, --total_split={config.total_split}), "
+                                       f"got {config.split}.")
     use_dc, use_dg = OPTIMIZE_TARGETS[config.optimize_targets]
     if config.method != "none" and not (use_dc and config.gs > 0 or use_dg and config.ls > 0):
         raise expansion.ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
@@ -297,11 +299,14 @@ def load_guide(config: ExpandConfig, train, state, device, *, check_arch: bool):
     model, info = load_classifier(config.guide_checkpoint, device,
                                   expected_arch=config.guide_arch if check_arch else None)
     if list(info["classes"]) != list(train.classes):
-        raise expansion.ExpansionError(f"guide {config.guide_checkpoint} was trained on classes {info['classes'][:5]}... "
-                                       f"of {info['dataset']}, not on {config.dataset}'s; pass its own guide.")
+        raise expansion.ExpansionError(f"guide {config.guide_checkpoint} was trained on classes "
+                                       f"{info['classes'][:5]}... of {info['dataset']}, not on {config.dataset}'s; "
+                                       f"pass its own guide.")
     stat = Path(config.guide_checkpoint).stat()
-    metadata = {"dataset": config.dataset, "split": "train", "guide_checkpoint": str(Path(config.guide_checkpoint).resolve()),
-                "guide_file": f"{stat.st_size}:{stat.st_mtime_ns}", "k": config.K, "method": config.cluster, "seed": config.seed,
+    metadata = {"dataset": config.dataset, "split": "train",
+                "guide_checkpoint": str(Path(config.guide_checkpoint).resolve()),
+                "guide_file": f"{stat.st_size}:{stat.st_mtime_ns}", "k": config.K, "method": config.cluster,
+                "seed": config.seed,
                 "image_size": info["image_size"], "mean": list(info["mean"]), "std": list(info["std"])}
 
     def compute(metadata):

@@ -170,8 +170,9 @@ def run_path(*, output_root: str | Path, dataset: str, arch: str, pretrained: bo
 
 def run_dir(config: RunConfig) -> Path:
     """The seed folder of the run `config` describes."""
-    return run_path(output_root=config.output_root, dataset=config.dataset, arch=config.arch, pretrained=config.pretrained,
-                    lr=config.lr, seed=config.seed, augment=config.augment, exp=config.exp)
+    return run_path(output_root=config.output_root, dataset=config.dataset, arch=config.arch,
+                    pretrained=config.pretrained, lr=config.lr, seed=config.seed, augment=config.augment,
+                    exp=config.exp)
 
 
 def checkpoint_path(config: RunConfig) -> Path:
@@ -322,7 +323,7 @@ def run_training(config: RunConfig) -> dict[str, Any] | None:
             "dataset": config.dataset, "pretrained": config.pretrained,
             "args": {k: _plain(v) for k, v in asdict(config).items()}}
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                         augment=config.augment, num_workers=config.num_workers)
+                               augment=config.augment, num_workers=config.num_workers)
     summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
                   config=train_config, output_dir=out, info=info, accelerator=accelerator)
     results = {"dataset": config.dataset, "exp": config.exp, "arch": config.arch, "lr": config.lr,

@@ -19,7 +19,8 @@ from distdiff.data.registry import load_dataset
 
 FAST = ["--epochs", "1", "--batch_size", "50", "--num_workers", "0"]
 RESULT_KEYS = {"best_accuracy", "final_accuracy", "best_epoch", "seed", "num_train", "num_test", "num_val",
-               "num_synthetic", "val_selected_accuracy", "val_best_accuracy", "val_selected_epoch"}
+               "num_synthetic", "val_selected_accuracy", "val_best_accuracy", "val_selected_epoch",
+               "last10_accuracy", "model_best", "model_best_epoch"}
 
 
 @pytest.fixture(autouse=True)
@@ -29,15 +30,16 @@ def _restore_gpu_env(monkeypatch):
 
 def test_train_original_writes_results_and_skips_a_finished_run(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    argv = ["digits", "smallcnn", "0.1", "False", "0", "--seed", "2", "--validation",
-            "--output_root", str(tmp_path)] + FAST
+    argv = ["digits", "smallcnn", "0.1", "False", "0", "--seed", "2", "--output_root", str(tmp_path)] + FAST
     results = train_original.main(train_original.parse_args(argv))
     run = tmp_path / "digits" / "smallcnn_unpretrained_lr0.1" / "seed2"
     saved = yaml.safe_load((run / "results.yaml").read_text())
     assert RESULT_KEYS <= set(saved) and saved == results
     assert (saved["seed"], saved["num_train"], saved["num_val"], saved["num_test"], saved["num_synthetic"]) == \
            (2, 100, 100, 600, 0)  # digits brings its own val split
-    assert saved["val_source"] == "val split" and saved["image_size"] == 32 and saved["flip"] is False
+    # without --validation: a dataset's own val split is always used, and chooses model_best
+    assert saved["val_source"] == "val split" and saved["model_best"] == "best_val_epoch"
+    assert saved["image_size"] == 32 and saved["flip"] is False
     model, info = load_classifier(run / "model_best.pth.tar")
     assert info["image_size"] == 32 and info["dataset"] == "digits" and info["args"]["seed"] == 2
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
@@ -73,9 +75,33 @@ def test_bad_positional_arguments_give_clear_errors(capsys):
     with pytest.raises(SystemExit):
         train_expand.parse_args(["digits", "smallcnn", "0.1", "a/b", "False", "0"])
     assert "EXP names a folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--val_fraction only applies with --validation"):
-        train_original.main(train_original.parse_args(["digits", "smallcnn", "0.1", "False", "0",
-                                                       "--val_fraction", "0.2"]))
+
+
+def _imagefolder(root, per_class=4):
+    """PATH/{train,test}/<class>/*.png with no val/ (as most of the paper's datasets: no val split)."""
+    for split in ("train", "test"):
+        for label, value in (("dark", 40), ("light", 220)):
+            for i in range(per_class):
+                path = root / split / label / f"{label}_{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((16, 16, 3), value + i, dtype=np.uint8)).save(path)
+    return f"imagefolder:{root}"
+
+
+@pytest.mark.parametrize("flags, source, num_val, rule", [
+    ([], None, 0, "final_epoch"),  # no val split: the paper's train split whole, model_best the final epoch
+    (["--validation"], "0.1 of train", 2, "best_val_epoch"),  # at least one image per class held out
+    (["--val_fraction", "0.5"], "0.5 of train", 4, "best_val_epoch"),
+    (["--model_best_on_test"], None, 0, "best_test_epoch")])  # the authors' train.py, by name only
+def test_without_a_val_split_model_best_is_the_final_epoch_unless_asked(tmp_path, flags, source, num_val, rule):
+    dataset = _imagefolder(tmp_path / "photos")
+    argv = [dataset, "smallcnn", "0.1", "False", "0", "--image_size", "16", "--output_root", str(tmp_path / "ck"),
+            "--epochs", "3", "--batch_size", "4", "--num_workers", "0", *flags]
+    results = train_original.main(train_original.parse_args(argv))
+    assert (results["val_source"], results["num_val"], results["model_best"]) == (source, num_val, rule)
+    assert results["num_train"] == 8 - num_val
+    if rule == "final_epoch":
+        assert results["model_best_epoch"] == 3 and "val_selected_accuracy" not in results
 
 
 def _png(path):

@@ -3,6 +3,11 @@
 Run folder: `<output_root>/<dataset_slug>/[<EXP>/]<arch>_<pretrained|unpretrained>_lr<lr>[_<augment>]/seed<N>/`
 holding model_best.pth.tar, last_state.pth.tar (resume), log.txt and results.yaml (written last:
 its presence marks a finished run, which is skipped unless --overwrite).
+
+Validation: a dataset with its own val split (digits, the shifted digits, Fashion-MNIST, Oxford
+Flowers, an imagefolder with val/) is always validated on it, and model_best is its best-val epoch.
+A dataset without one keeps the paper's train split whole and model_best is the final epoch, unless
+--validation / --val_fraction hold out part of train (which changes the paper's setting).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from distdiff.cli import add_threads_argument, configure_threads
 from distdiff.utils.images import ImageError
 from distdiff.data.registry import dataset_has_split, dataset_spec, load_dataset
 from distdiff.training.results import RESULTS_NAME, write_results
-from distdiff.training.loop import (LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError, check_global_batch, fit,
-                                    make_accelerator, seed_everything)
+from distdiff.training.loop import (LAST_EPOCHS, LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError,
+                                    check_global_batch, fit, make_accelerator, seed_everything)
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +100,9 @@ class RunConfig:
     image_size: int | None = None  # the registry's (the paper's 224; 32 for the small datasets)
     augment: str = TrainConfig.augment
     flip: bool | None = None  # the registry's (no flips for digits)
-    validation: bool = False
-    val_fraction: float | None = None  # DEFAULT_VAL_FRACTION of train when the dataset has no val split
+    validation: bool = False  # hold out DEFAULT_VAL_FRACTION of train where the dataset has no val split
+    val_fraction: float | None = None  # hold out this fraction of train (even where a val split exists)
+    model_best_on_test: bool = TrainConfig.model_best_on_test
     data_root: str = "data"
     output_root: str = "checkpoint"
     mixed_precision: str = "no"
@@ -132,11 +138,14 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     flip.add_argument("--no_flip", dest="flip", action="store_false",
                       help="no flips (the default where the dataset's registry entry says so: digits)")
     parser.add_argument("--validation", action="store_true",
-                        help="report test accuracy at the best validation epoch (dataset's val split, else "
-                             "--val_fraction of train)")
+                        help=f"where the dataset has no val split, hold out {DEFAULT_VAL_FRACTION} of each class's "
+                             f"train images to validate on (a dataset's own val split is always used)")
     parser.add_argument("--val_fraction", type=float, default=None,
-                        help=f"with --validation: hold out this fraction of each class's train images "
-                             f"(default {DEFAULT_VAL_FRACTION} when the dataset has no val split)")
+                        help="hold out this fraction of each class's train images to validate on, instead of the "
+                             "dataset's val split")
+    parser.add_argument("--model_best_on_test", action="store_true",
+                        help="save model_best at the best *test* epoch, as the authors' train.py does (this chooses "
+                             "on test; by default model_best is the best-validation epoch, else the final epoch)")
     parser.add_argument("--data_root", default=defaults.data_root, help="folder holding the datasets")
     parser.add_argument("--output_root", default=defaults.output_root, help="folder for run outputs")
     parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=defaults.mixed_precision,
@@ -217,8 +226,6 @@ def _validate(config: RunConfig) -> None:
         raise TrainingError(f"--num_workers must be 0 or more, got {config.num_workers}.")
     if config.image_size is not None and config.image_size < 8:
         raise TrainingError(f"--image_size must be at least 8 pixels, got {config.image_size}.")
-    if config.val_fraction is not None and not config.validation:
-        raise TrainingError("--val_fraction only applies with --validation; add --validation or drop it.")
 
 
 def _drop_synthetic_of(synthetic: data.LabeledImages, held_out: data.LabeledImages) -> data.LabeledImages:
@@ -251,13 +258,12 @@ def load_run_data(config: RunConfig, image_size: int, flip: bool, expanded_dir: 
     train = load_dataset(name, "train", root=root)
     test = load_dataset(name, "test", root=root)
     val, val_source = None, None
-    if config.validation:
-        if config.val_fraction is None and dataset_has_split(name, "val", root):
-            val, val_source = load_dataset(name, "val", root=root), "val split"
-        else:
-            fraction = config.val_fraction if config.val_fraction is not None else DEFAULT_VAL_FRACTION
-            train, val = data.holdout(train, fraction, seed=0)
-            val_source = f"{fraction:g} of train"
+    if config.val_fraction is None and dataset_has_split(name, "val", root):
+        val, val_source = load_dataset(name, "val", root=root), "val split"
+    elif config.validation or config.val_fraction is not None:
+        fraction = config.val_fraction if config.val_fraction is not None else DEFAULT_VAL_FRACTION
+        train, val = data.holdout(train, fraction, seed=0)
+        val_source = f"{fraction:g} of train"
     synthetic, dropped = None, 0
     if expanded_dir is not None:
         synthetic = data.load_expanded(expanded_dir, train.classes, prompt_template=train.prompt_template)
@@ -323,7 +329,8 @@ def run_training(config: RunConfig) -> dict[str, Any] | None:
             "dataset": config.dataset, "pretrained": config.pretrained,
             "args": {k: _plain(v) for k, v in asdict(config).items()}}
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                               augment=config.augment, num_workers=config.num_workers)
+                               augment=config.augment, num_workers=config.num_workers,
+                               model_best_on_test=config.model_best_on_test)
     summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
                   config=train_config, output_dir=out, info=info, accelerator=accelerator)
     results = {"dataset": config.dataset, "exp": config.exp, "arch": config.arch, "lr": config.lr,
@@ -333,6 +340,9 @@ def run_training(config: RunConfig) -> dict[str, Any] | None:
                "val_source": run_data["val_source"], **summary, **run_data["counts"]}
     if accelerator.is_main_process:
         write_results(out / RESULTS_NAME, results)
-        logger.info("%s: best test accuracy %.2f (epoch %d), final %.2f", out, results["best_accuracy"],
-                    results["best_epoch"], results["final_accuracy"])
+        at_val = results.get("val_selected_accuracy")
+        logger.info("%s: test accuracy %s at the best-val epoch, %.2f mean of the last %d epochs; best test %.2f "
+                    "(epoch %d); model_best: %s (epoch %d)", out, "-" if at_val is None else f"{at_val:.2f}",
+                    results["last10_accuracy"], LAST_EPOCHS, results["best_accuracy"], results["best_epoch"],
+                    results["model_best"], results["model_best_epoch"])
     return results

@@ -4,7 +4,8 @@
     python scripts/shift_table.py fashion-mnist --layout fashion    # docs/fashion_mnist.md
 
 One markdown row per setting: test accuracy over seeds (mean ± sample std: the best epoch, the
-paper's metric, and the epoch val picked), then for each expansion its distance to held-out
+paper's metric, and the epoch val picked), the difference from plain SD img2img at the best-val epoch
+paired by seed (distdiff.training.comparison), then for each expansion its distance to held-out
 test images in the guide's features (FID, KID) and in ImageNet EfficientNet-Lite0's (the
 report's independent space), label fidelity (pool-trained judge, guide) and
 copy distance from results/DATASET/gap_test.json, and from
@@ -20,7 +21,7 @@ from pathlib import Path
 from distdiff import cli
 from distdiff.errors import UserError
 from distdiff.training.experiment import run_name
-from distdiff.training.results import format_value, summarize_experiment
+from distdiff.training.results import format_value, paired_against, summarize_experiment
 
 ARCH, LR, COPIES = "smallcnn", 0.1, 5  # what scripts/shift_comparison.sh runs
 RUN = run_name(ARCH, False, LR, "default")
@@ -51,7 +52,9 @@ def fashion_rows(results_dir: Path) -> tuple:
 LAYOUTS = {"shift": (lambda results_dir: ROWS, "bash scripts/shift_comparison.sh {dataset} STRENGTH"),
            "fashion": (fashion_rows, "bash scripts/fashion_comparison.sh")}
 INDEPENDENT = "efficientnet_lite0"  # the report's feature space the guide never saw (distdiff/report/feature_spaces.py)
-HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val", "FID vs test, guide",
+SD_FOLDER = f"sd_{COPIES}x/{RUN}"  # plain SD img2img at the paper's strength: what each row is paired against
+HEADER = ("setting", "seeds", "test acc. best", "test acc. at best val",
+          "Δ at best val vs SD img2img, paired [95% CI] (n, MDE)", "FID vs test, guide",
           "KID vs test (1e-3), guide", "FID vs test, EfficientNet-Lite0", "KID vs test (1e-3), EfficientNet-Lite0",
           "fidelity: judge", "fidelity: guide", "copy→source", "D_c final", "eps saturated", "move: draw / gradient")
 
@@ -99,7 +102,8 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
     gap_rows = {Path(r["name"]).name: r for r in gap["rows"]}
     yard = next(r for r in gap["rows"] if r["name"].startswith("yardstick"))
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines.append(f"| yardstick: real train (100) vs test | – | – | – | {yard['fid']:.4f} | "
+    sd = summarize_experiment(checkpoint_root / dataset / SD_FOLDER)
+    lines.append(f"| yardstick: real train (100) vs test | – | – | – | – | {yard['fid']:.4f} | "
                  f"{yard['kid_mean'] * 1e3:.2f} ± {yard['kid_std'] * 1e3:.2f} | "
                  f"{' | '.join(independent_distance(report, 'real train (yardstick)'))} | {yard['fidelity_judge']:.3f} | "
                  f"{yard['fidelity_guide']:.3f} | – | – | – | – |")
@@ -107,6 +111,8 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
         summary = summarize_experiment(checkpoint_root / dataset / folder)
         acc = [format_value(summary["mean"][m], summary["std"][m]) if m in summary["mean"] else ""
                for m in ("best_accuracy", "val_selected_accuracy")]
+        paired = None if folder == SD_FOLDER else paired_against(summary, sd, "val_selected_accuracy")
+        acc.append("–" if folder == SD_FOLDER else paired.format() if paired else "fewer than 2 shared seeds")
         seeds = ",".join(map(str, summary["seeds"]))
         cells = ["–"] * 10
         if expansion is not None:

@@ -8,8 +8,9 @@ and the paper's best epoch), distances to the test split in the guide's and in I
 EfficientNet-Lite0's features, judge and guide label fidelity, copy distance, and images/s of its
 expansion (expand.py's own figure, the same machine and run) relative to plain SD img2img.
 Last, the target of docs/variants.md applied to each variant: at least 1 point of test accuracy at
-the best-val epoch over plain SD img2img, outside the seeds' spread, and a lower FID to test in
-EfficientNet-Lite0's features. A missing input is an error naming the command that makes it.
+the best-val epoch over plain SD img2img, with the paired 95% interval over seeds excluding 0
+(distdiff.training.comparison), and a lower FID to test in EfficientNet-Lite0's features. A missing
+input is an error naming the command that makes it.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from distdiff import cli
 from distdiff.errors import UserError
-from distdiff.training.results import clears_by, format_value, read_results, summarize_experiment
+from distdiff.training.results import format_value, paired_against, read_results, summarize_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/shift_table.py, beside this script
 from shift_table import RUN, independent_distance, independent_overall  # noqa: E402
@@ -119,21 +120,19 @@ def tables(dataset: str, checkpoint_root: Path, results_root: Path, speed: dict 
 
 def target_table(rows: tuple, summaries: dict, report: dict) -> str:
     """Each variant against plain SD img2img by the target's rule: best-val-epoch accuracy and independent FID."""
-    acc = {exp: (s["mean"][ACCURACY[0]], s["std"].get(ACCURACY[0])) for exp, s in summaries.items()
-           if ACCURACY[0] in s["mean"]}
     fid = {exp: row["fid"] if (row := independent_overall(report, exp)) else None for exp in summaries}
-    lines = [f"| variant | setting | Δ acc. at best val vs SD | ≥ {MARGIN:g} point outside the spread | "
-             "Δ FID vs SD, EfficientNet-Lite0 | meets the target |", "|---|---|---|---|---|---|"]
+    lines = [f"| variant | setting | Δ acc. at best val vs SD, paired [95% CI] (n, MDE) | ≥ {MARGIN:g} point, "
+             "interval above 0 | Δ FID vs SD, EfficientNet-Lite0 | meets the target |", "|---|---|---|---|---|---|"]
     for label, exp in rows[1:]:
-        if exp not in acc or "v_sd" not in acc:
-            lines.append(f"| {label} | {exp} | | | | |")
+        paired = paired_against(summaries[exp], summaries["v_sd"], ACCURACY[0])
+        if paired is None:
+            lines.append(f"| {label} | {exp} | fewer than 2 seeds shared with v_sd | | | |")
             continue
-        clears = clears_by(acc[exp], acc["v_sd"], margin=MARGIN)
+        clears = paired.mean >= MARGIN and paired.low > 0
         closer = None if fid[exp] is None or fid["v_sd"] is None else fid[exp] < fid["v_sd"]
         d_fid = "" if closer is None else f"{fid[exp] - fid['v_sd']:+.2f}"
         meets = "yes" if clears and closer else "no"
-        lines.append(f"| {label} | {exp} | {acc[exp][0] - acc['v_sd'][0]:+.2f} | {'yes' if clears else 'no'} | "
-                     f"{d_fid} | {meets} |")
+        lines.append(f"| {label} | {exp} | {paired.format()} | {'yes' if clears else 'no'} | {d_fid} | {meets} |")
     return "\n".join(lines)
 
 

@@ -13,9 +13,9 @@ def experiments(tmp_path):
     for name, values in {"baseline": [(80.0, 79.0), (82.0, 80.0), (84.0, 84.0)],
                          "distdiff_5x/smallcnn": [(90.0, 88.0), (91.0, 90.0)],
                          "one_seed": [(70.0, 69.0)]}.items():
-        for seed, (best, final) in enumerate(values, 1):
+        for seed, (best, last10) in enumerate(values, 1):
             write_results(root / name / f"seed{seed}" / "results.yaml",
-                          {"seed": seed, "best_accuracy": best, "final_accuracy": final})
+                          {"seed": seed, "best_accuracy": best, "last10_accuracy": last10})
     return root
 
 
@@ -24,7 +24,7 @@ def test_plot_draws_means_with_sample_std_error_bars(experiments, tmp_path):
     drawn = plot_summaries(summaries, tmp_path / "bars.png", root=experiments)
     by_key = {(name, metric): (height, err) for name, metric, height, err in drawn}
     assert by_key[("baseline", "best_accuracy")] == pytest.approx((82.0, 2.0))  # ddof=1 std of 80, 82, 84
-    assert by_key[("baseline", "final_accuracy")] == pytest.approx((81.0, math.sqrt(7)))
+    assert by_key[("baseline", "last10_accuracy")] == pytest.approx((81.0, math.sqrt(7)))
     assert by_key[("distdiff_5x/smallcnn", "best_accuracy")] == pytest.approx((90.5, math.sqrt(0.5)))
     assert by_key[("one_seed", "best_accuracy")] == pytest.approx((70.0, 0.0))  # one seed: no error bar
     with Image.open(tmp_path / "bars.png") as image:

@@ -104,8 +104,9 @@ def _fake_comparison(root, dataset, *, drop=None, table_rows=shift_table.ROWS):
         for seed in (1, 2, 3):
             run = root / "checkpoint" / dataset / folder / f"seed{seed}"
             run.mkdir(parents=True)
+            spread = seed - 2 if index == 0 else 0  # the original data varies by seed, the rest do not
             write_results(run / "results.yaml", {"best_accuracy": 90.0 + index + seed,
-                                                 "val_selected_accuracy": 80.0 + index, "final_accuracy": 1.0})
+                                                 "val_selected_accuracy": 80.0 + index + spread, "final_accuracy": 1.0})
     expansions = [e for _, _, e in table_rows if e is not None and e != drop]
     rows = [{"name": "yardstick: real train vs test", "fid": 0.0058, "kid_mean": -1e-4, "kid_std": 2e-4,
              "fidelity_judge": 0.98, "fidelity_guide": 1.0, "copy_to_source": None}]
@@ -136,10 +137,14 @@ def test_shift_table_rows_come_from_the_runs_and_reports(tmp_path):
     lines = text.splitlines()
     assert len(lines) == 2 + 1 + len(shift_table.ROWS)
     original, autoaugment, sd = lines[3], lines[4], lines[5]
-    assert original.startswith("| original data | 1,2,3 | 92.00 ± 1.00 | 80.00 ± 0.00 | – |")
+    # paired with SD img2img (82 in every seed): -3, -2, -1, i.e. -2 ± t(0.975, 2) x 1 / sqrt(3) = -2 ± 2.48
+    assert original.startswith("| original data | 1,2,3 | 92.00 ± 1.00 | 80.00 ± 1.00 | -2.00 [-4.48, +0.48] (n=3, "
+                               "MDE 3.26) | – |")
+    assert sd.startswith("| SD img2img | 1,2,3 | 94.00 ± 1.00 | 82.00 ± 0.00 | – | 0.0100 |")
     assert "| 5.00 | 0.10 ± 1.00 |" in lines[2]  # the yardstick in the independent space
     assert "| 0.0100 | 1.00 ± 0.10 | 10.00 | 2.00 ± 0.10 |" in sd  # guide space, then the independent space vs test
-    assert autoaugment.startswith("| AutoAugment | 1,2,3 | 93.00 ± 1.00 |")
+    assert autoaugment.startswith("| AutoAugment | 1,2,3 | 93.00 ± 1.00 | 81.00 ± 0.00 | -1.00 [-1.00, -1.00] (n=3, "
+                                  "MDE 0.00) |")
     assert "| 0.0100 |" in sd and "| 0.310 |" in sd and sd.endswith("| 0.310 |  |  |")
     assert lines[-1].startswith("| random transform alone (rho 0) |")
     assert lines[-2].startswith("| direct guidance |") and lines[-2].endswith("| – / 0.900 |")
@@ -167,5 +172,6 @@ def test_fashion_table_has_both_strengths_and_reads_the_choice_made_on_val(tmp_p
     _fake_comparison(tmp_path, "fashion-mnist", table_rows=rows)
     lines = shift_table.table("fashion-mnist", tmp_path / "checkpoint", tmp_path / "results", "fashion").splitlines()
     assert len(lines) == 3 + len(rows)
-    assert lines[7].startswith("| SD img2img, strength 0.9 | 1,2,3 | 96.00 ± 1.00 | 84.00 ± 0.00 | 0.0300 |")
+    assert lines[7].startswith("| SD img2img, strength 0.9 | 1,2,3 | 96.00 ± 1.00 | 84.00 ± 0.00 | +2.00 [+2.00, "
+                               "+2.00] (n=3, MDE 0.00) | 0.0300 |")
     assert lines[8].startswith("| DistDiff class + group, 0.9 | 1,2,3 | 97.00 ± 1.00 | 85.00 ± 0.00 |")

@@ -1,7 +1,13 @@
 """Run results: writing results.yaml and summarising seeds (mean ± sample std) across experiments.
 
-An experiment folder holds one `seed<N>/results.yaml` per seed. The spread reported is the sample
-standard deviation over seeds (ddof=1, Python's statistics.stdev); it is undefined for one seed.
+An experiment folder holds one `seed<N>/results.yaml` per seed: with the replicate protocol, seed N
+is replicate N of the whole pipeline (guide, expansion and classifier all seeded N), so two
+experiments are compared seed by seed (distdiff.training.comparison). The spread reported is the
+sample standard deviation over seeds (ddof=1, Python's statistics.stdev); it is undefined for one seed.
+
+Columns, in order: the test accuracy at the best-validation epoch, the mean test accuracy over the
+last 10 epochs (no selection at all), then the paper's metric, the best test accuracy over epochs,
+which is chosen on test and labelled so.
 """
 
 from __future__ import annotations
@@ -18,10 +24,14 @@ from typing import Any
 import yaml
 
 from distdiff.errors import UserError
+from distdiff.training.comparison import PairedDifference, paired_difference
 from distdiff.utils.files import atomic_open, atomic_write_text
 
 RESULTS_NAME = "results.yaml"
-METRICS = ("best_accuracy", "final_accuracy", "val_selected_accuracy")
+METRICS = ("val_selected_accuracy", "last10_accuracy", "best_accuracy")
+# Each metric's column heading in tables and plots.
+METRIC_LABELS = {"val_selected_accuracy": "test @ best-val epoch", "last10_accuracy": "test, mean of last 10 epochs",
+                 "best_accuracy": "best test (paper's metric, chosen on test)"}
 SEED_DIR = re.compile(r"seed(\d+)")
 
 
@@ -89,14 +99,17 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def clears_by(candidate: tuple[float, float | None], baseline: tuple[float, float | None], *,
-              margin: float) -> bool:
-    """Whether `candidate` (mean, std over seeds) beats `baseline` by at least `margin` outside the spread.
+def per_replicate(summary: dict[str, Any], metric: str) -> dict[int, float]:
+    """{seed: value} of `metric` in a summarize_experiment summary (empty where the metric is missing)."""
+    return dict(zip(summary["seeds"], summary["per_seed"].get(metric, [])))
 
-    Outside the spread: the intervals mean ± std do not overlap (a missing std counts as 0).
-    """
-    (c_mean, c_std), (b_mean, b_std) = candidate, baseline
-    return c_mean - b_mean >= margin and c_mean - (c_std or 0.0) > b_mean + (b_std or 0.0)
+
+def paired_against(summary: dict[str, Any], baseline: dict[str, Any], metric: str) -> PairedDifference | None:
+    """`summary` - `baseline` in `metric`, paired by seed; None where they share fewer than 2 finished seeds."""
+    candidate, base = per_replicate(summary, metric), per_replicate(baseline, metric)
+    if len(set(candidate) & set(base)) < 2:
+        return None
+    return paired_difference(candidate, base)
 
 
 def summarize_experiment(folder: str | Path) -> dict[str, Any]:
@@ -143,17 +156,40 @@ def _columns(summaries: list[dict[str, Any]]) -> list[str]:
     return [m for m in METRICS if any(m in s["mean"] for s in summaries)]
 
 
-def markdown_table(summaries: list[dict[str, Any]], *, root: str | Path | None = None) -> str:
-    """One row per experiment: seeds, then mean ± sample std of each metric (percent)."""
+def markdown_table(summaries: list[dict[str, Any]], *, root: str | Path | None = None,
+                   baseline: dict[str, Any] | None = None) -> str:
+    """One row per experiment: seeds, then mean ± sample std of each metric (percent); with `baseline`, each
+    experiment's paired difference from it in the first metric both have (mean [95% CI], n, MDE) and verdict."""
     metrics = _columns(summaries)
-    lines = ["| experiment | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    header = ["experiment", "seeds", *(METRIC_LABELS[m] for m in metrics)]
+    paired_metric = next((m for m in metrics if baseline is not None and m in baseline["mean"]), None)
+    if paired_metric:
+        header += [f"Δ vs {_name(baseline, root)}, {METRIC_LABELS[paired_metric]} [95% CI] (n, MDE)", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
-        name = os.path.relpath(s["experiment"], root) if root is not None else s["experiment"]
         cells = [format_value(s["mean"][m], s["std"][m]) if m in s["mean"] else "" for m in metrics]
         seeds = ",".join(map(str, s["seeds"])) + (f" (unfinished: {','.join(map(str, s['unfinished']))})"
                                                   if s["unfinished"] else "")
-        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+        if paired_metric:
+            paired = None if s is baseline else paired_against(s, baseline, paired_metric)
+            cells += ["baseline", ""] if s is baseline else ([paired.format(), paired.verdict] if paired else
+                                                              ["fewer than 2 common seeds", ""])
+        lines.append(f"| {_name(s, root)} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def find_baseline(summaries: list[dict[str, Any]], name: str, *, root: str | Path) -> dict[str, Any]:
+    """The summary of experiment `name` (its folder relative to `root`) among `summaries`."""
+    wanted = os.path.normpath(name)
+    for summary in summaries:
+        if _name(summary, root) == wanted:
+            return summary
+    raise UserError(f"--baseline {name} is not an experiment folder under {root}; choose one of "
+                    f"{[_name(s, root) for s in summaries]}.")
+
+
+def _name(summary: dict[str, Any], root: str | Path | None) -> str:
+    return os.path.relpath(summary["experiment"], root) if root is not None else summary["experiment"]
 
 
 def write_csv(summaries: list[dict[str, Any]], path: str | Path, *, root: str | Path | None = None) -> None:
@@ -164,8 +200,7 @@ def write_csv(summaries: list[dict[str, Any]], path: str | Path, *, root: str | 
     writer.writerow(["experiment", "n_seeds", "seeds", "unfinished"]
                     + [f"{m}_{part}" for m in metrics for part in ("mean", "std", "per_seed")])
     for s in summaries:
-        name = os.path.relpath(s["experiment"], root) if root is not None else s["experiment"]
-        row = [name, len(s["seeds"]), " ".join(map(str, s["seeds"])), " ".join(map(str, s["unfinished"]))]
+        row = [_name(s, root), len(s["seeds"]), " ".join(map(str, s["seeds"])), " ".join(map(str, s["unfinished"]))]
         for m in metrics:
             std = s["std"].get(m)
             row += ([s["mean"][m], "" if std is None else std, " ".join(f"{v:g}" for v in s["per_seed"][m])]
@@ -181,7 +216,8 @@ def format_experiment(summary: dict[str, Any]) -> str:
         lines.append(f"  unfinished seeds (no results.yaml yet): {summary['unfinished']}")
     for metric, values in summary["per_seed"].items():
         per_seed = ", ".join(f"seed{s} {v:.2f}" for s, v in zip(summary["seeds"], values))
-        lines.append(f"  {metric}: {format_value(summary['mean'][metric], summary['std'][metric])}  ({per_seed})")
+        lines.append(f"  {METRIC_LABELS[metric]}: {format_value(summary['mean'][metric], summary['std'][metric])}  "
+                     f"({per_seed})")
     lines.append("  (± is the sample standard deviation over seeds, ddof=1)")
     return "\n".join(lines)
 
@@ -201,7 +237,7 @@ def plot_summaries(summaries: list[dict[str, Any]], path: str | Path, *, root: s
     metrics = _columns(summaries)
     if not metrics:
         raise UserError("no finished runs to plot (no results.yaml with accuracies).")
-    names = [os.path.relpath(s["experiment"], root) if root is not None else s["experiment"] for s in summaries]
+    names = [_name(s, root) for s in summaries]
     width = 0.8 / len(metrics)
     figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(summaries) + 2), 4.5))
     positions = np.arange(len(summaries))
@@ -210,7 +246,7 @@ def plot_summaries(summaries: list[dict[str, Any]], path: str | Path, *, root: s
         means = [s["mean"].get(metric, np.nan) for s in summaries]
         stds = [s["std"].get(metric) or 0.0 for s in summaries]  # one seed: no spread to draw
         bars = axis.bar(positions + (k - (len(metrics) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
-                        label=metric)
+                        label=METRIC_LABELS[metric])
         segments = bars.errorbar.lines[2][0].get_segments()
         drawn += [(name, metric, float(bar.get_height()), float(abs(seg[1][1] - seg[0][1]) / 2))
                   for name, bar, seg in zip(names, bars, segments)]

@@ -133,6 +133,20 @@ def test_train_expand_adds_synthetic_images_but_not_those_of_held_out_images(tmp
         train_expand.main(train_expand.parse_args(argv + ["--overwrite"]))
 
 
+def test_each_replicate_trains_on_its_own_expansion(tmp_path):
+    # --expanded_dir with {seed}: seed N reads expansion N (2 and 3 images here), never another seed's
+    train = load_dataset("digits", "train")
+    stem = next(s.stem for s in train.samples if s.label == 4)
+    for seed, copies in ((1, 2), (2, 3)):
+        for i in range(copies):
+            _png(tmp_path / "x5" / f"seed{seed}" / "4" / f"{stem}_expand_{i}.png")
+    for seed, copies in ((1, 2), (2, 3)):
+        argv = ["digits", "smallcnn", "0.1", "x5", "False", "0", "--expanded_dir", str(tmp_path / "x5" / "seed{seed}"),
+                "--seed", str(seed), "--output_root", str(tmp_path / "ckpt")] + FAST
+        results = train_expand.main(train_expand.parse_args(argv))
+        assert results["num_synthetic"] == copies and results["expanded_dir"] == str(tmp_path / "x5" / f"seed{seed}")
+
+
 def test_train_expand_default_folder_is_named_after_the_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=r"expanded/digits/nope does not exist"):
@@ -172,3 +186,31 @@ def test_pretrained_efficientnet_lite0_trains_from_the_packaged_imagenet_weights
     torch.testing.assert_close(model.model.conv_stem.weight, imagenet["conv_stem.weight"], atol=1e-6, rtol=0)
     torch.testing.assert_close(model.model.blocks[6][0].conv_pwl.weight, imagenet["blocks.6.0.conv_pwl.weight"],
                                atol=1e-6, rtol=0)
+
+
+def test_single_exp_runs_whole_pipeline_replicates(tmp_path):
+    # A stand-in `python` records each call: replicate r trains guide r, expands with guide r and seed r into its
+    # own folder, and trains the classifier r on that folder; the table pairs by replicate against the original.
+    (tmp_path / "python").write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\n'
+                                     'case "$*" in *--print_checkpoint*) echo "guide-seed${@: -2:1}";; '
+                                     '-c*dataset_slug*) echo digits;; -c*run_name*) echo base_run;; esac\n')
+    (tmp_path / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls.txt"),
+           "REPLICATES": "1 2"}
+    script = Path(__file__).resolve().parents[1] / "single_exp.sh"
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    calls = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if not c.startswith("-c")]
+    head = "digits smallcnn 0.1 False 0 --seed"
+    expand_args = "-d digits -a smallcnn --guide_checkpoint guide-seed{r} --seed {r} --num_images_per_prompt 5 " \
+                  "--output_dir expanded/digits/distdiff_5x/seed{r} --split 0 --total_split 1 --batch_size 20"
+    assert calls == [f"train_original.py {head} 1", f"train_original.py {head} 2",
+                     f"train_original.py {head} 1 --print_checkpoint", "expand.py " + expand_args.format(r=1),
+                     f"train_original.py {head} 2 --print_checkpoint", "expand.py " + expand_args.format(r=2),
+                     "train_expand.py digits smallcnn 0.1 distdiff_5x False 0 --seed 1 "
+                     "--expanded_dir expanded/digits/distdiff_5x/seed{seed}",
+                     "train_expand.py digits smallcnn 0.1 distdiff_5x False 0 --seed 2 "
+                     "--expanded_dir expanded/digits/distdiff_5x/seed{seed}",
+                     "parse_logs.py checkpoint/digits --multi --baseline base_run"]
+    bad = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={**env, "REPLICATES": "1 x"})
+    assert bad.returncode == 2 and "REPLICATES must be seed numbers" in bad.stderr

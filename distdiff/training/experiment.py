@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VAL_FRACTION = 0.1  # our choice: the paper has no validation split
 EXPANDED_ROOT = "expanded"  # train_expand.py reads expanded/<dataset_slug>/<EXP>/ unless --expanded_dir
+SEED_FIELD = "{seed}"  # in --expanded_dir: the run's --seed (one expansion per replicate)
 MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's choices
 # The guide expand.py uses by default is the run `train_original.py DATASET ARCH 0.1 False 0` writes:
 # the paper's guide is trained from scratch with lr 0.1 (docs/METHOD.md#defaults), seed 1 of 1 2 3.
@@ -125,7 +126,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
     parser.add_argument("gpu", metavar="GPU", type=parse_gpu, help="CUDA device index; ignored on CPU")
     if expand:
         parser.add_argument("--expanded_dir", default=None,
-                            help=f"synthetic images <dir>/<class>/*.png (default {EXPANDED_ROOT}/<dataset_slug>/<EXP>)")
+                            help=f"synthetic images <dir>/<class>/*.png (default {EXPANDED_ROOT}/<dataset_slug>/<EXP>); "
+                                 f"{SEED_FIELD} in it is replaced by --seed, so replicate N trains on its own "
+                                 f"expansion, e.g. expanded/digits/distdiff_5x/seed{SEED_FIELD}")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="paper: 100 (docs/METHOD.md#defaults)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="paper: 64")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the paper averages seeds 1 2 3")
@@ -160,6 +163,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
                         help="skip image files that cannot be read (listed in the log, counted in results.yaml) "
                              "instead of stopping at the first one")
     add_threads_argument(parser)
+
+
+def expansion_for_seed(expanded_dir: str, seed: int) -> str:
+    """`expanded_dir` with SEED_FIELD replaced by `seed`: replicate N of the whole pipeline (guide, expansion and
+    classifier all seeded N) trains on the expansion replicate N made."""
+    return expanded_dir.replace(SEED_FIELD, str(seed))
 
 
 def run_name(arch: str, pretrained: bool, lr: float, augment: str) -> str:
@@ -317,7 +326,8 @@ def run_training(config: RunConfig) -> dict[str, Any] | None:
         accelerator.wait_for_everyone()
     expanded_dir = None
     if config.exp:
-        expanded_dir = config.expanded_dir or Path(EXPANDED_ROOT) / data.dataset_slug(config.dataset) / config.exp
+        expanded_dir = expansion_for_seed(config.expanded_dir, config.seed) if config.expanded_dir else (
+            Path(EXPANDED_ROOT) / data.dataset_slug(config.dataset) / config.exp)
     image_size, flip = image_settings(config)
     run_data = load_run_data(config, image_size, flip, expanded_dir)
 

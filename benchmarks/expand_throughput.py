@@ -40,7 +40,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier
-from distdiff.method.guidance import GUIDANCE_PERIOD, GUIDANCE_STEP, EnergyGuidance, GuideEnergy
+from distdiff.method.guidance import GUIDANCE_PERIOD, GUIDANCE_STEP, GuideEnergy
+from distdiff.method.transform import TransformGuidance
 from distdiff.method.observers import EnergyRecorder
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, from_components
 from distdiff.method.prototypes import Prototypes
@@ -144,7 +145,7 @@ class Runner:
 
     sd: DistDiffImg2ImgPipeline
     guide: GuideEnergy
-    guidance: EnergyGuidance
+    guidance: TransformGuidance
     prompts: PromptEmbeddings
     posteriors: torch.Tensor  # [P, 2C, h, w] VAE posteriors of the source pool
     steps: int
@@ -172,7 +173,7 @@ def make_runner(components: dict, guide_model: torch.nn.Module, prototypes: Prot
     if compile_unet:
         sd.unet.compile()
     guide = GuideEnergy(guide_model, prototypes, image_size=guide_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    guidance = EnergyGuidance(method="transform", guidance_step=guidance_step_for(steps), period=GUIDANCE_PERIOD)
+    guidance = TransformGuidance(guidance_step=guidance_step_for(steps), period=GUIDANCE_PERIOD)
     prompts = encode_prompts(sd, [f"a photo of a class {c}." for c in range(NUM_CLASSES)])
     encode_latent_dist(sd, images[:1])  # warm-up, excluded
     synchronize(device)

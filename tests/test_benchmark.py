@@ -68,7 +68,7 @@ def test_batched_output_equals_the_reference_path(one_thread):
     reference = bench.make_runner(components, guide, prototypes, images, gradient_checkpointing=True, **common)
     batched = bench.make_runner(components, guide, prototypes, images, gradient_checkpointing=False, **common)
     assert reference.sd.unet.is_gradient_checkpointing and not batched.sd.unet.is_gradient_checkpointing
-    assert reference.guidance.method == "transform" and reference.guidance.period == 2
+    assert reference.guidance.name == "transform" and reference.guidance.period == 2
 
     one_at_a_time = torch.cat([reference.generate([i]) for i in range(2)])
     together = batched.generate(range(2))

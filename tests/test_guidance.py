@@ -1,14 +1,19 @@
-"""Tests for distdiff.method.guidance: the energy, the guide preprocessing, and both guidance variants."""
+"""Tests for distdiff.method.guidance, .transform and .direct: the energy, the guide preprocessing, both methods."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from distdiff.method.guidance import (STEP_KEYS, EnergyGuidance, GuideEnergy, TransformStep, apply_transform,
-                                      direct_guidance, draw_transform, energy, guide_preprocess, lookahead_energy,
-                                      project_linf, transform_guidance, transform_step_stats)
+from distdiff.method.direct import DirectGuidance, direct_guidance
+from distdiff.method.guidance import GuideEnergy, energy, guide_preprocess, project_linf
+from distdiff.method.records import STEP_KEYS, Record
+from distdiff.method.methods import GUIDANCE_METHODS
+from distdiff.method.transform import (TransformGuidance, TransformInit, TransformStep, apply_transform, draw_transform,
+                                       lookahead_energy, transform_guidance, transform_step_stats)
+from distdiff.utils.settings import OptionError, SettingError
 from distdiff.pipelines.sampling import (decode_latents, encode_prompts, make_denoiser, make_generators,
                                          make_image_energy)
 
@@ -162,15 +167,15 @@ def test_step_stats_match_hand_computed_saturation_and_moves():
     guided = project_linf(apply_transform(z, zeros, new_bias), z, 0.1)
     step = TransformStep(guided, zeros, draw_bias, zeros, new_bias, energy=0.0)
     stats = transform_step_stats(z, step, eps=0.1)
-    assert sorted(stats) == sorted(STEP_KEYS)
-    assert stats["eps_saturated"].tolist() == pytest.approx([1.0])  # |-0.3| and |0.5| both exceed 0.1
+    assert set(stats) == set(STEP_KEYS)
+    assert stats[Record.EPS_SATURATED].tolist() == pytest.approx([1.0])  # |-0.3| and |0.5| both exceed 0.1
     # draw: +0.05, +0.05, +0.1, +0.1 (clamped); gradient: channel 0 goes from +0.05 to -0.1
-    assert stats["move_draw"].tolist() == pytest.approx([math.sqrt((2 * 0.05 ** 2 + 2 * 0.1 ** 2) / 4)])
-    assert stats["move_grad"].tolist() == pytest.approx([math.sqrt(2 * 0.15 ** 2 / 4)])
+    assert stats[Record.MOVE_DRAW].tolist() == pytest.approx([math.sqrt((2 * 0.05 ** 2 + 2 * 0.1 ** 2) / 4)])
+    assert stats[Record.MOVE_GRAD].tolist() == pytest.approx([math.sqrt(2 * 0.15 ** 2 / 4)])
     inside = TransformStep(project_linf(apply_transform(z, zeros, draw_bias), z, 1.0), zeros, draw_bias, zeros,
                            draw_bias, energy=0.0)
     loose = transform_step_stats(z, inside, eps=1.0)
-    assert loose["eps_saturated"].tolist() == [0.0] and loose["move_grad"].tolist() == [0.0]
+    assert loose[Record.EPS_SATURATED].tolist() == [0.0] and loose[Record.MOVE_GRAD].tolist() == [0.0]
 
 
 def test_rho_zero_step_moves_only_by_the_draw_and_default_eps_saturates(setup):
@@ -179,11 +184,11 @@ def test_rho_zero_step_moves_only_by_the_draw_and_default_eps_saturates(setup):
     kwargs = {"denoise": setup["denoise"], "image_energy": setup["image_energy"], "eps": 0.2}
     still = transform_guidance(setup["latents"], look, generators=make_generators([1, 2]), rho=0.0, **kwargs)
     stats = transform_step_stats(setup["latents"], still, eps=0.2)
-    assert stats["move_grad"].tolist() == [0.0, 0.0]
-    assert all(0.5 < s <= 1.0 for s in stats["eps_saturated"].tolist())
-    assert all(0.1 < m <= 0.2 for m in stats["move_draw"].tolist())
+    assert stats[Record.MOVE_GRAD].tolist() == [0.0, 0.0]
+    assert all(0.5 < s <= 1.0 for s in stats[Record.EPS_SATURATED].tolist())
+    assert all(0.1 < m <= 0.2 for m in stats[Record.MOVE_DRAW].tolist())
     moved = transform_guidance(setup["latents"], look, generators=make_generators([1, 2]), rho=10.0, **kwargs)
-    assert all(m > 0 for m in transform_step_stats(setup["latents"], moved, eps=0.2)["move_grad"].tolist())
+    assert all(m > 0 for m in transform_step_stats(setup["latents"], moved, eps=0.2)[Record.MOVE_GRAD].tolist())
 
 
 def test_direct_guidance_with_rho_zero_is_a_plain_step(setup):
@@ -214,14 +219,27 @@ def test_direct_guidance_step_lowers_the_energy_of_x0(setup):
 
 
 def test_hook_schedule_and_validation():
-    transform = EnergyGuidance(method="transform", guidance_step=20, period=2)
-    direct = EnergyGuidance(method="direct", guidance_step=20, period=2)
+    transform = TransformGuidance(guidance_step=20, period=2)
+    direct = DirectGuidance(guidance_step=20, period=2)
     assert [i for i in range(50) if transform.applies_at(i, 50)] == [30]
     assert [i for i in range(50) if direct.applies_at(i, 50)] == [30, 31]
-    with pytest.raises(ValueError, match="unknown guidance method"):
-        EnergyGuidance(method="gradient")
-    with pytest.raises(ValueError, match="guidance period"):
-        EnergyGuidance(guidance_step=1, period=2)
+    assert GUIDANCE_METHODS == {"transform": TransformGuidance, "direct": DirectGuidance}
+    with pytest.raises(OptionError, match=r"^TransformGuidance: period \(2\) cannot exceed guidance_step \(1\)"):
+        TransformGuidance(guidance_step=1, period=2)
+    # each method takes only its own options
+    with pytest.raises(TypeError, match="rho_schedule"):
+        TransformGuidance(rho_schedule="linear")
+    with pytest.raises(TypeError, match="eps"):
+        DirectGuidance(eps=0.1)
+    with pytest.raises(OptionError, match=r"^DirectGuidance: guidance_step must be in \[1, steps=4\], got 5\.$"):
+        DirectGuidance(guidance_step=5, period=1).check_schedule(steps=4, start=0)
+
+
+def test_a_method_is_frozen_and_its_options_are_typed():
+    guidance = TransformGuidance(init="identity")
+    assert guidance.init is TransformInit.IDENTITY and guidance == TransformGuidance(init=TransformInit.IDENTITY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        guidance.rho = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +338,6 @@ def _identity_denoise(z, t):
 
 
 def test_identity_init_takes_gradient_steps_from_z_itself_and_iterates():
-    from distdiff.method.guidance import transform_guidance
 
     z = torch.tensor([[[[0.5, -0.5]], [[0.2, 0.2]]]])  # [B=1, C=2, h=1, w=2]
     w = torch.tensor([1.0, -2.0])
@@ -338,11 +355,10 @@ def test_identity_init_takes_gradient_steps_from_z_itself_and_iterates():
         torch.testing.assert_close(step.latents, (1 - k * rho * grad_scale) * z - k * rho * grad_bias)
         assert step.energy == pytest.approx(float((z.mean(dim=(2, 3)) * w).sum()))  # at the start: z itself
     stats = transform_step_stats(z, step, eps=eps)
-    assert float(stats["move_draw"]) == 0.0  # nothing drawn: every move is the gradient's
+    assert float(stats[Record.MOVE_DRAW]) == 0.0  # nothing drawn: every move is the gradient's
 
 
 def test_random_init_with_one_iteration_is_the_papers_step_unchanged():
-    from distdiff.method.guidance import draw_transform, transform_guidance
 
     torch.manual_seed(3)
     z, w = torch.randn(2, 4, 3, 3), torch.randn(4)
@@ -358,17 +374,17 @@ def test_random_init_with_one_iteration_is_the_papers_step_unchanged():
 
 
 def test_transform_options_are_checked_and_reach_the_hook():
-    with pytest.raises(ValueError, match="unknown transform init 'zero'"):
-        EnergyGuidance(transform_init="zero")
-    with pytest.raises(ValueError, match="at least 1"):
-        EnergyGuidance(transform_iterations=0)
+    with pytest.raises(OptionError, match=r"^TransformGuidance: init must be one of \['random', 'identity'\], got 'zero'"):
+        TransformGuidance(init="zero")
+    with pytest.raises(OptionError, match="^TransformGuidance: iterations must be at least 1, got 0.$"):
+        TransformGuidance(iterations=0)
     import expand
     from distdiff.jobs import expand as expand_run
 
     config = expand.parse_config(["-d", "digits", "--transform_init", "identity", "--transform_iters", "3"])
     assert (config.transform_init, config.transform_iters) == ("identity", 3)
     config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--transform_iters", "0"]))
-    with pytest.raises(expand_run.expansion.ExpansionError, match="--transform_iters must be at least 1"):
+    with pytest.raises(SettingError, match="^--transform_iters must be at least 1, got 0.$"):
         expand_run.validate(config)
 
 
@@ -408,8 +424,8 @@ def test_a_spatial_field_moves_each_block_of_the_latent_by_its_own_gradient():
     assert e.shape == b.shape == (1, 4, 3, 3)
     e1, _ = draw_transform([torch.Generator().manual_seed(0)], 4)
     torch.testing.assert_close(e1.flatten(), torch.rand(4, generator=torch.Generator().manual_seed(0)))
-    with pytest.raises(ValueError, match="--transform_resolution must be at least 1"):
-        EnergyGuidance(transform_resolution=0)
+    with pytest.raises(OptionError, match="resolution must be at least 1"):
+        TransformGuidance(resolution=0)
 
 
 @pytest.mark.parametrize("schedule, factors", [("constant", [1.0, 1.0, 1.0, 1.0]), ("linear", [1.0, 0.75, 0.5, 0.25]),
@@ -423,15 +439,15 @@ def test_direct_guidance_scales_rho_by_its_schedule_at_each_guided_step(schedule
     z = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 4.0]]]])  # [B=2, C=1, 1, 2]
     ctx = StepContext(timesteps=torch.arange(10, 0, -1), denoise=lambda x, t: (0.5 * x, x),
                       image_energy=lambda x0, normalize=True: (x0.sum() / x0.shape[0], None, None), generators=[])
-    guidance = EnergyGuidance(method="direct", guidance_step=4, period=4, rho=2.0, rho_schedule=schedule)
+    guidance = DirectGuidance(guidance_step=4, period=4, rho=2.0, rho_schedule=schedule)
     assert [i for i in range(10) if guidance.applies_at(i, 10)] == [6, 7, 8, 9]
     for j, index in enumerate(range(6, 10)):
         assert guidance.before_step(z, index, ctx).latents is z  # direct guidance leaves z_t alone
         out = guidance.replace_step(z, index, ctx)
         torch.testing.assert_close(out.latents, 0.5 * z - 2.0 * factors[j])
-        torch.testing.assert_close(out.stats["move_grad"], torch.full((2,), 2.0 * factors[j]))
-    with pytest.raises(ValueError, match="unknown rho schedule 'step'"):
-        EnergyGuidance(method="direct", rho_schedule="step")
+        torch.testing.assert_close(out.stats[Record.MOVE_GRAD], torch.full((2,), 2.0 * factors[j]))
+    with pytest.raises(OptionError, match="rho_schedule must be one of \\['constant', 'linear', 'cosine'\\], got 'step'"):
+        DirectGuidance(rho_schedule="step")
 
 
 def test_rho_schedule_reaches_the_sampler_from_the_flag_and_is_refused_without_direct_guidance():
@@ -440,8 +456,8 @@ def test_rho_schedule_reaches_the_sampler_from_the_flag_and_is_refused_without_d
 
     config = expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--guidance", "direct",
                                                                     "--rho_schedule", "linear"]))
-    assert config.energy_guidance().rho_schedule == "linear"
+    assert config.guidance_method() == DirectGuidance(rho_schedule="linear")
     assert config.generation_params(resolution=32, dtype="float32")["rho_schedule"] == "linear"
-    with pytest.raises(expand_job.expansion.ExpansionError, match="--rho_schedule linear schedules direct guidance"):
+    with pytest.raises(expand_job.expansion.ExpansionError, match="--rho_schedule linear is an option of --guidance direct; add --guidance direct"):
         expand_job.validate(expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--rho_schedule",
                                                                                     "linear"])))

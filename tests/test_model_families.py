@@ -10,7 +10,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
 import expand
-from distdiff.method.guidance import EnergyGuidance, GuideEnergy
+from distdiff.method.direct import DirectGuidance
+from distdiff.method.guidance import GuideEnergy
 from distdiff.pipelines.distdiff_img2img import from_components
 from distdiff.pipelines.sampling import encode_prompts, make_generators
 from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
@@ -38,11 +39,14 @@ def v_sd_dir(tmp_path_factory):
     return save_components(tiny_components("v_prediction"), tmp_path_factory.mktemp("models") / "tiny-sd-v")
 
 
-class RecordingGuidance(EnergyGuidance):
+@dataclasses.dataclass(frozen=True)
+class RecordingGuidance(DirectGuidance):
     """Direct guidance with rho 0 that records z_t, t and every x0 latent handed to the energy."""
 
+    seen: dict = dataclasses.field(default_factory=dict)  # mutated in place: the guidance itself is frozen
+
     def replace_step(self, latents, index, ctx):
-        self.seen = {"z": latents.clone(), "t": ctx.timesteps[index], "x0": []}
+        self.seen.update(z=latents.clone(), t=ctx.timesteps[index], x0=[])
 
         def recording(x0, normalize=True):
             self.seen["x0"].append(x0.detach().clone())
@@ -59,7 +63,7 @@ def test_energy_sees_the_x0_of_the_models_parameterisation(prediction_type, tiny
     guide = GuideEnergy(tiny_guide, tiny_prototypes, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
     labels = torch.tensor([3, 7])
     params = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    hook = RecordingGuidance(method="direct", guidance_step=3, period=1, rho=0.0)
+    hook = RecordingGuidance(guidance_step=3, period=1, rho=0.0)
     generate(sd, params, labels, [1, 2], prompts=prompts, strength=0.5, steps=6, guidance_scale=1.0,
                    guide=guide, guidance=hook)
     z, t = hook.seen["z"], hook.seen["t"]

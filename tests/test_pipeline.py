@@ -8,9 +8,11 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from distdiff.data.augment import eval_transform
-from distdiff.method.guidance import EnergyGuidance, Guidance, GuidanceOutput, GuideEnergy
+from distdiff.method.guidance import Guidance, GuidanceOutput, GuideEnergy
+from distdiff.method.transform import TransformGuidance
 from distdiff.method.observers import EnergyRecorder, StepObserver
 from distdiff.method.prototypes import compute_prototypes
+from distdiff.method.records import Record
 from distdiff.models.classifiers import load_classifier
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline
 from distdiff.data.registry import load_dataset
@@ -77,7 +79,7 @@ class Trace(Guidance):
 
     def replace_step(self, latents, index, ctx):
         self.calls.append(("replace_step", index))
-        return GuidanceOutput(latents.clone(), {"move_grad": torch.zeros(latents.shape[0])}) if self.replace else None
+        return GuidanceOutput(latents.clone(), {Record.MOVE_GRAD: torch.zeros(latents.shape[0])}) if self.replace else None
 
 
 class Events(StepObserver):
@@ -116,13 +118,14 @@ def test_hooks_and_observers_run_in_the_loops_order(pipe, sources, guide, replac
 def test_an_observer_does_not_change_the_images_and_records_per_image(pipe, sources, guide):
     images, labels = sources
     common = {"labels": labels, "prompts": PROMPTS, "num_inference_steps": 6, "guide": guide,
-              "guidance": EnergyGuidance(guidance_step=3, period=2)}
+              "guidance": TransformGuidance(guidance_step=3, period=2)}
     watched = pipe(images, generator=make_generators([1, 2]), observers=[EnergyRecorder(guide, labels)], **common)
     unwatched = pipe(images, generator=make_generators([1, 2]), **common)
     assert torch.equal(watched.images, unwatched.images)
     assert unwatched.records == {}
-    assert sorted(watched.records) == sorted(["D_c_before", "D_g_before", "D_c_after", "D_g_after", "D_c_final",
-                                              "D_g_final", "eps_saturated", "move_draw", "move_grad"])
+    assert {key.value for key in watched.records} == {"D_c_before", "D_g_before", "D_c_after", "D_g_after",
+                                                       "D_c_final", "D_g_final", "eps_saturated", "move_draw",
+                                                       "move_grad"}
     assert all(len(values) == 2 for values in watched.records.values())
 
 
@@ -143,7 +146,7 @@ def test_inputs_that_do_not_match_are_refused_in_one_line(pipe, sources, guide):
     with pytest.raises(ValueError, match="one generator per image: 2 labels, 1 generators"):
         pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1]))
     with pytest.raises(ValueError, match="guidance needs a guide"):
-        pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]), guidance=EnergyGuidance())
+        pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]), guidance=TransformGuidance())
     with pytest.raises(ValueError, match="one source per label: 1 sources, 2 labels"):
         pipe(images[:1], labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]))
 
@@ -164,4 +167,12 @@ def test_the_readmes_python_example_runs_as_written(tiny_sd_dir, digits_guide_ch
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["out"].images.shape == (2, 3, 32, 32)
-    assert len(scope["out"].records["D_c_final"]) == 2 and "eps_saturated" in scope["out"].records
+    assert len(scope["out"].records[Record.D_C_FINAL]) == 2 and Record.EPS_SATURATED in scope["out"].records
+
+
+def test_two_observers_recording_the_same_value_are_refused(pipe, sources, guide):
+    # merging would keep one of the two silently; the pipeline says so instead
+    images, labels = sources
+    with pytest.raises(ValueError, match="two observers record Record.D_C_FINAL: EnergyRecorder"):
+        pipe(images, labels=labels, prompts=PROMPTS, num_inference_steps=4, guide=guide,
+             generator=make_generators([1, 2]), observers=[EnergyRecorder(guide, labels), EnergyRecorder(guide, labels)])

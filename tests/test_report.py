@@ -23,7 +23,7 @@ from distdiff.models.packaged_weights import MISSING_PACKAGE
 from distdiff.report.build import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
 from distdiff.report.html import fmt, seeded_sources
 from distdiff.report.metrics import ReportError, fid_kid, label_fidelity
-from distdiff.method.observers import ENERGY_KEYS
+from distdiff.method.records import ENERGY_KEYS
 from scripts import report as report_cli
 
 SOURCES_PER_CLASS = 2  # a tiny expansion: the first 2 train images of every class
@@ -46,7 +46,7 @@ def fake_expansion(out: Path, guide: Path | None, *, change=lambda image: image,
             record = {"image": image, "source": f"digits:{sample.stem}", "class": str(sample.label),
                       "label": sample.label, "copy": copy, "seed": copy}
             if energies:
-                record |= {k: 0.3 - 0.01 * copy - (0.05 if k.endswith(("after", "final")) else 0.0)
+                record |= {k.value: 0.3 - 0.01 * copy - (0.05 if k.value.endswith(("after", "final")) else 0.0)
                            for k in ENERGY_KEYS}
             records.append(record)
     (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import expand
+from distdiff.method.records import Record
 from distdiff.pipelines.distdiff_img2img import DistDiffOutput
 from distdiff.runs.manifest import MANIFEST, read_manifest
 from distdiff.runs.selection import best_of, candidate_seeds, generate_best_of
@@ -19,17 +20,17 @@ def test_candidate_zero_is_the_image_itself_and_the_others_have_their_own_seeds(
 
 def _output(fill, scores, extra):
     return DistDiffOutput(images=torch.full((len(scores), 1, 1, 1), float(fill)),
-                          records={"selection_score": scores, "D_c_final": extra})
+                          records={Record.SELECTION_SCORE: scores, Record.D_C_FINAL: extra})
 
 
 def test_best_of_keeps_each_images_best_candidate_with_its_own_records():
     outputs = [_output(0, [0.5, 0.2, 0.3], [10, 11, 12]), _output(1, [0.4, 0.9, 0.3], [20, 21, 22])]
     lowest = best_of(outputs, by="energy")
-    assert lowest.records["candidate"] == [1, 0, 0]  # the tie at image 2 keeps the first
+    assert lowest.records[Record.CANDIDATE] == [1, 0, 0]  # the tie at image 2 keeps the first
     assert lowest.images.flatten().tolist() == [1.0, 0.0, 0.0]
-    assert lowest.records["D_c_final"] == [20, 11, 12] and lowest.records["selection_score"] == [0.4, 0.2, 0.3]
+    assert lowest.records[Record.D_C_FINAL] == [20, 11, 12] and lowest.records[Record.SELECTION_SCORE] == [0.4, 0.2, 0.3]
     highest = best_of(outputs, by="probability")
-    assert highest.records["candidate"] == [0, 1, 0] and highest.records["D_c_final"] == [10, 21, 12]
+    assert highest.records[Record.CANDIDATE] == [0, 1, 0] and highest.records[Record.D_C_FINAL] == [10, 21, 12]
 
 
 def test_one_candidate_is_one_call_and_k_candidates_are_k_calls():
@@ -39,11 +40,11 @@ def test_one_candidate_is_one_call_and_k_candidates_are_k_calls():
         calls.append(seeds)
         return _output(len(calls), [float(len(calls))] * len(seeds), [0.0] * len(seeds))
 
-    assert generate_best_of(generate, [3, 4], candidates=1, by="energy").records["selection_score"] == [1.0, 1.0]
+    assert generate_best_of(generate, [3, 4], candidates=1, by="energy").records[Record.SELECTION_SCORE] == [1.0, 1.0]
     assert calls == [[3, 4]]
     calls.clear()
     best = generate_best_of(generate, [3, 4], candidates=3, by="probability")
-    assert calls == [candidate_seeds([3, 4], j) for j in range(3)] and best.records["candidate"] == [2, 2]
+    assert calls == [candidate_seeds([3, 4], j) for j in range(3)] and best.records[Record.CANDIDATE] == [2, 2]
     with pytest.raises(ValueError, match="--candidates must be at least 1"):
         generate_best_of(generate, [3], candidates=0, by="energy")
 

@@ -24,14 +24,17 @@ from distdiff.models.classifiers import ClassifierError, load_classifier
 from distdiff.data.datasets import DatasetError, dataset_slug
 from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.utils.files import is_environment_error
-from distdiff.method.guidance import (EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, RHO_SCHEDULES, TRANSFORM_INITS,
-                                      EnergyGuidance, GuideEnergy)
+from distdiff.method.direct import RhoSchedule
+from distdiff.method.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, Guidance, GuideEnergy
+from distdiff.method.methods import GUIDANCE_METHODS
+from distdiff.method.transform import TransformInit
 from distdiff.method.observers import SELECTION_SCORES
 from distdiff.runs.latent_cache import LatentCache
+from distdiff.runs.recipe import EnergyTerms, Recipe, Selection, recipe_params
 from distdiff.runs.manifest import MANIFEST, summarize_manifest
 from distdiff.method.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.data.registry import dataset_spec, load_dataset
-from distdiff.utils.settings import RULES, check_schedule, check_settings
+from distdiff.utils.settings import RULES, OptionError, SettingError, check_settings
 from distdiff.report.feature_spaces import add_feature_space_argument, chosen_spaces, requested_spaces
 from distdiff.report.build import REPORT_JSON, build_report
 from distdiff.report.metrics import ReportError
@@ -48,6 +51,15 @@ EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none"
 # The authors' --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
 OPTIMIZE_TARGETS = {"global_prototype-local_prototype": (True, True), "global_prototype": (True, False),
                     "local_prototype": (False, True)}
+# expand.py flag (ExpandConfig field) -> the guidance method's option it sets: "*" for every method's, then each
+# method's own (--no_transform_feature_norm sets transform's `normalize` to its negation).
+GUIDANCE_FLAGS = {"*": {"guidance_step": "guidance_step", "guidance_period": "period", "rho": "rho"},
+                  "transform": {"constraint_value": "eps", "transform_init": "init", "transform_iters": "iterations",
+                                "transform_resolution": "resolution"},
+                  "direct": {"rho_schedule": "rho_schedule"}}
+# How an option is named to the user of expand.py: its flag.
+OPTION_FLAGS = {option: f"--{flag}" for flags in GUIDANCE_FLAGS.values() for flag, option in flags.items()} | {
+    "normalize": "--no_transform_feature_norm", "steps": "--steps", "strength": "--strength"}
 NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
 SEED = 42  # the authors' generate_data.py default
 BATCH_SIZE = 1  # the authors' expand_diff.sh (--train_batch_size 1); raise it on a large GPU
@@ -119,29 +131,33 @@ class ExpandConfig:
         return SamplingConfig(strength=self.strength, num_inference_steps=self.steps,
                               guidance_scale=self.guidance_scale, start_index=self.start_index)
 
-    def energy_guidance(self) -> EnergyGuidance | None:
-        """The guidance hooks the pipeline runs (None for plain SD img2img)."""
+    def guidance_method(self) -> Guidance | None:
+        """The guidance the pipeline runs, built from the flags (None for plain SD img2img); the method checks its
+        options and an OptionError is said with the flags' names."""
         if self.method == "none":
             return None
-        return EnergyGuidance(method=self.method, guidance_step=self.guidance_step, period=self.guidance_period,
-                              rho=self.rho, eps=self.constraint_value,
-                              normalize_transform=not self.no_transform_feature_norm,
-                              transform_init=self.transform_init, transform_iterations=self.transform_iters,
-                              transform_resolution=self.transform_resolution, rho_schedule=self.rho_schedule)
+        options = {option: getattr(self, flag) for flag, option in GUIDANCE_FLAGS["*"].items()}
+        options.update({option: getattr(self, flag) for flag, option in GUIDANCE_FLAGS[self.method].items()})
+        if self.method == "transform":
+            options["normalize"] = not self.no_transform_feature_norm
+        try:
+            return GUIDANCE_METHODS[self.method](**options)
+        except OptionError as err:
+            raise SettingError(err.render(OPTION_FLAGS)) from err
+
+    def recipe(self, *, resolution: int, dtype: str) -> Recipe:
+        """What every image of OUT is made with (its seed aside), typed: distdiff/runs/recipe.py."""
+        guide = self.guide_checkpoint
+        return Recipe(dataset=self.dataset, model=self.model, resolution=resolution, crop=self.crop, dtype=dtype,
+                      sampling=self.sampling(), guidance=self.guidance_method(),
+                      energy=EnergyTerms(K=self.K, cluster=self.cluster, gs=self.gs, ls=self.ls,
+                                         optimize_targets=self.optimize_targets, raw_guide_input=self.raw_guide_input),
+                      selection=Selection(candidates=self.candidates, select=self.select), seed=self.seed,
+                      guide_checkpoint=str(Path(guide).resolve()) if guide and Path(guide).is_file() else None)
 
     def generation_params(self, *, resolution: int, dtype: str) -> dict:
-        """What every image of OUT is made with: OUT/expand_config.json and each manifest line's params."""
-        guide = self.guide_checkpoint
-        return {"dataset": self.dataset, "model": self.model, "resolution": resolution, "crop": self.crop,
-                "dtype": dtype, "strength": self.strength, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "guidance": self.method, "guidance_step": self.guidance_step, "guidance_period": self.guidance_period,
-                "rho": self.rho, "constraint_value": self.constraint_value, "K": self.K, "cluster": self.cluster,
-                "gs": self.gs, "ls": self.ls, "optimize_targets": self.optimize_targets,
-                "transform_feature_norm": not self.no_transform_feature_norm, "transform_init": self.transform_init,
-                "transform_iters": self.transform_iters, "transform_resolution": self.transform_resolution,
-                "rho_schedule": self.rho_schedule, "candidates": self.candidates, "select": self.select,
-                "raw_guide_input": self.raw_guide_input, "start_index": self.start_index, "seed": self.seed,
-                "guide_checkpoint": str(Path(guide).resolve()) if guide and Path(guide).is_file() else None}
+        """OUT/expand_config.json and each manifest line's params: the recipe, flattened (recipe_params)."""
+        return recipe_params(self.recipe(resolution=resolution, dtype=dtype))
 
 
 def add_expand_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,7 +193,7 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                    help="prototype levels in the energy (the authors' flag; one level sets the other weight to 0)")
     p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default=D.guidance,
                    help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
-    p.add_argument("--transform_init", choices=sorted(TRANSFORM_INITS), default=D.transform_init,
+    p.add_argument("--transform_init", choices=[c.value for c in TransformInit], default=D.transform_init,
                    help="where transform guidance's per-channel (e, b) start: the paper's random draw, or the "
                         "identity (an option of ours: no blind draw; docs/METHOD.md#transform-guidance)")
     p.add_argument("--transform_iters", type=int, default=D.transform_iters,
@@ -185,7 +201,7 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform_resolution", type=int, default=D.transform_resolution,
                    help="transform guidance's scale/bias: one per latent channel (1, the paper) or an R x R field "
                         "per channel, nearest-upsampled to the latent (an option of ours)")
-    p.add_argument("--rho_schedule", choices=sorted(RHO_SCHEDULES), default=D.rho_schedule,
+    p.add_argument("--rho_schedule", choices=[c.value for c in RhoSchedule], default=D.rho_schedule,
                    help="direct guidance's step size over its --guidance_period steps: the paper's constant rho, or "
                         "rho decaying linearly / by a half cosine from rho toward 0 (options of ours; "
                         "docs/METHOD.md#direct-guidance)")
@@ -239,18 +255,21 @@ def apply_dataset_defaults(config: ExpandConfig) -> ExpandConfig:
 
 
 def validate(config: ExpandConfig) -> None:
-    """Reject flag values that cannot work, naming the flag and the fix (rules: distdiff.utils.settings)."""
+    """Reject flag values that cannot work, naming the flag and the fix (expand.py's own flags: distdiff.utils.settings;
+    a guidance method's: its constructor, said with the flags)."""
     check_settings(**{name: getattr(config, name, None) for name in RULES})
-    if config.method != "none":  # the guidance schedule flags are unused by plain SD
-        check_schedule(steps=config.steps, guidance_step=config.guidance_step,
-                       guidance_period=config.guidance_period,
-                       start=img2img_start_index(config.steps, config.strength, config.start_index))
-    if config.rho_schedule != "constant" and config.method != "direct":
-        raise expansion.ExpansionError(f"--rho_schedule {config.rho_schedule} schedules direct guidance's steps; "
-                                       f"add --guidance direct or drop it.")
-    for flag in ("transform_iters", "transform_resolution", "candidates"):
-        if getattr(config, flag) < 1:
-            raise expansion.ExpansionError(f"--{flag} must be at least 1, got {getattr(config, flag)}.")
+    for method, flags in GUIDANCE_FLAGS.items():
+        for flag in flags:
+            if method not in ("*", config.method) and getattr(config, flag) != getattr(ExpandConfig, flag):
+                raise expansion.ExpansionError(f"--{flag} {getattr(config, flag)} is an option of --guidance {method}; "
+                                               f"add --guidance {method} or drop it.")
+    guidance = config.guidance_method()
+    if guidance is not None:  # the guidance schedule flags are unused by plain SD
+        try:
+            guidance.check_schedule(steps=config.steps,
+                                    start=img2img_start_index(config.steps, config.strength, config.start_index))
+        except OptionError as err:
+            raise SettingError(err.render(OPTION_FLAGS)) from err
     if not 0 <= config.split < config.total_split:
         raise expansion.ExpansionError(f"--split must be in [0, --total_split={config.total_split}), "
                                        f"got {config.split}.")
@@ -367,7 +386,7 @@ def run(config: ExpandConfig) -> dict:
     if resolution % sd.vae_scale_factor:
         raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
                                        f"{sd.vae_scale_factor}.")
-    guidance = job.energy_guidance()
+    guidance = job.guidance_method()
     params = job.generation_params(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
     out = Path(job.output_dir)
     expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast

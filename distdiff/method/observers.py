@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from distdiff.method.guidance import STEP_KEYS, GuideEnergy, GuidanceOutput, StepContext
-
-# D_c / D_g (docs/METHOD.md#energy) of the decoded x0 prediction at the guided step before guidance,
-# at the first sampler step after it, and of the final image.
-ENERGY_KEYS = ("D_c_before", "D_g_before", "D_c_after", "D_g_after", "D_c_final", "D_g_final")
-# Selection among k candidates (distdiff/runs/selection.py): the kept candidate's index and its score.
-SELECTION_KEYS = ("candidate", "selection_score")
-RECORD_KEYS = ENERGY_KEYS + STEP_KEYS + SELECTION_KEYS  # what a manifest line can record per image
+from distdiff.method.guidance import GuideEnergy, GuidanceOutput, StepContext
+from distdiff.method.records import Record
 
 
 class StepObserver:
     """Hooks the pipeline calls, in this order: on_start, then per schedule index on_guidance and on_guided
-    (guided indices only) and on_step (indices the sampler steps itself), then on_end. Defaults do nothing."""
+    (guided indices only) and on_step (indices the sampler steps itself), then on_end. Defaults do nothing.
+
+    `records` holds what it measured per image ({Record: B values}); two observers of one call may not record
+    the same Record (the pipeline refuses the clash instead of keeping one)."""
+
+    records: dict[Record, list[float]] = {}  # an observer that records sets its own dict
 
     def on_start(self, ctx: StepContext, batch_size: int) -> None:
         """Before the first step."""
@@ -54,7 +53,7 @@ SELECTION_SCORES = {
 
 
 class CandidateScore(StepObserver):
-    """records["selection_score"]: each final image's SELECTION_SCORES[`by`] under `guide` for classes `labels` [B]."""
+    """records[Record.SELECTION_SCORE]: each final image's SELECTION_SCORES[`by`] under `guide` for classes `labels` [B]."""
 
     def __init__(self, guide: GuideEnergy, labels: torch.Tensor, by: str):
         if by not in SELECTION_SCORES:
@@ -63,11 +62,11 @@ class CandidateScore(StepObserver):
 
     def on_end(self, latents: torch.Tensor, decoded: torch.Tensor) -> None:
         score = SELECTION_SCORES[self.by][0](self.guide, decoded, self.labels)
-        self.records = {"selection_score": score.float().cpu().tolist()}
+        self.records = {Record.SELECTION_SCORE: score.float().cpu().tolist()}
 
 
 class EnergyRecorder(StepObserver):
-    """Per-image RECORD_KEYS: D_c/D_g before and after guidance and final, and the guided steps' STEP_KEYS.
+    """Per-image ENERGY_KEYS: D_c/D_g before and after guidance and final, and the guided steps' STEP_KEYS.
 
     The final values are `guide`'s on the decoded images of classes `labels` [B]; D_c/D_g before and
     after come from the context's image_energy on the x0 prediction (unit-norm features, the
@@ -78,17 +77,17 @@ class EnergyRecorder(StepObserver):
 
     def __init__(self, guide: GuideEnergy, labels: torch.Tensor):
         self.guide, self.labels = guide, labels
-        self.records: dict[str, list[float]] = {}
+        self.records: dict[Record, list[float]] = {}
 
     def on_start(self, ctx: StepContext, batch_size: int) -> None:
         self.ctx, self.batch_size, self.after_pending, self.records = ctx, batch_size, False, {}
 
     def _measure(self, x0: torch.Tensor, when: str) -> None:
         _, d_c, d_g = self.ctx.image_energy(x0)
-        self.records[f"D_c_{when}"], self.records[f"D_g_{when}"] = d_c.tolist(), d_g.tolist()
+        self.records[Record.energy("D_c", when)], self.records[Record.energy("D_g", when)] = d_c.tolist(), d_g.tolist()
 
     def on_guidance(self, index: int, latents: torch.Tensor) -> None:
-        if "D_c_before" not in self.records:  # the first guided index: the unguided x0 prediction
+        if Record.D_C_BEFORE not in self.records:  # the first guided index: the unguided x0 prediction
             self._measure(self.ctx.denoise(latents, self.ctx.timesteps[index])[1], "before")
 
     def on_guided(self, index: int, output: GuidanceOutput) -> None:
@@ -106,4 +105,4 @@ class EnergyRecorder(StepObserver):
         if self.after_pending:
             self._measure(latents, "after")  # guidance ran up to the last step: z_0 is its own x0
         _, d_c, d_g = self.guide(decoded, self.labels)
-        self.records["D_c_final"], self.records["D_g_final"] = d_c.tolist(), d_g.tolist()
+        self.records[Record.D_C_FINAL], self.records[Record.D_G_FINAL] = d_c.tolist(), d_g.tolist()

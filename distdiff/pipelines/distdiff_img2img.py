@@ -2,14 +2,14 @@
 
 docs/METHOD.md#pipeline, step 3. A diffusers `DiffusionPipeline` over the SD components (unet,
 vae, text_encoder, tokenizer, scheduler) whose `__call__` is the whole sampling loop: it is
-diffusers' StableDiffusionImg2ImgPipeline step for step (tests/test_sampling.py), plus two named
-hooks of a `Guidance` (distdiff/method/guidance.py) at the guided schedule indices, the way
+diffusers' StableDiffusionImg2ImgPipeline step for step (tests/test_sampling.py), plus the named
+hooks of a `Guidance` (distdiff/method/guidance.py) at the guided schedule indices and on z_0, the way
 guided-diffusion hands its sampler a `cond_fn`, and observers (distdiff/method/observers.py) that
 measure without changing anything. Use it without the scripts:
 
     pipe = DistDiffImg2ImgPipeline.from_pretrained("CompVis/stable-diffusion-v1-4")   # or a folder
     out = pipe(images, labels=labels, prompts=class_prompts, generator=generators,
-               guidance=EnergyGuidance(), guide=GuideEnergy(classifier, prototypes, ...),
+               guidance=TransformGuidance(), guide=GuideEnergy(classifier, prototypes, ...),
                observers=[EnergyRecorder(...)])
     out.images, out.records
 
@@ -33,6 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from distdiff.method.guidance import Guidance, GuideEnergy, StepContext
 from distdiff.method.observers import StepObserver
+from distdiff.method.records import Record
 from distdiff.pipelines.loading import load_components
 from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, START_INDEX, STEPS, STRENGTH,
                                          PromptEmbeddings, decode_latents, default_resolution, encode_latent_dist,
@@ -46,7 +47,18 @@ class DistDiffOutput(BaseOutput):
     """Images [B,3,H,W] float32 in [0,1] on CPU, and the observers' per-image records (each a list of B floats)."""
 
     images: torch.Tensor
-    records: dict[str, list[float]] = field(default_factory=dict)
+    records: dict[Record, list[float]] = field(default_factory=dict)
+
+
+def merge_records(observers: Sequence[StepObserver]) -> dict[Record, list[float]]:
+    """Every observer's records in one dict; two observers recording the same Record is a bug, refused."""
+    records: dict[Record, list[float]] = {}
+    for observer in observers:
+        for key, values in observer.records.items():
+            if key in records:
+                raise ValueError(f"two observers record {key}: {type(observer).__name__} and an earlier one.")
+            records[key] = values
+    return records
 
 
 class DistDiffImg2ImgPipeline(DiffusionPipeline):
@@ -163,11 +175,12 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
             latents, x0 = ctx.denoise(latents, timesteps[index])
             for observer in observers:
                 observer.on_step(index, latents, x0)
+        if guidance is not None:
+            latents = guidance.final_latents(latents, ctx)
         decoded = decode_latents(self, latents)
         for observer in observers:
             observer.on_end(latents, decoded)
-        records = {k: v for observer in observers for k, v in getattr(observer, "records", {}).items()}
-        return DistDiffOutput(images=to_unit_range(decoded), records=records)
+        return DistDiffOutput(images=to_unit_range(decoded), records=merge_records(observers))
 
 
 def from_components(components: dict, *, device: torch.device | str = "cpu", precision: str = "fp32",

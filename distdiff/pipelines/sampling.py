@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -39,7 +39,7 @@ class SamplingConfig:
     """The img2img settings of a pipeline call (its keyword arguments of the same names)."""
 
     strength: float = STRENGTH
-    num_inference_steps: int = STEPS
+    num_inference_steps: int = field(default=STEPS, metadata={"param": "steps"})  # recorded as expand.py's --steps
     guidance_scale: float = GUIDANCE_SCALE
     start_index: str = "diffusers"  # START_INDEX_FORMULAS' key: where img2img starts (see img2img_start_index)
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from distdiff.data.datasets import LabeledImages, per_class_orders  # noqa: E402
-from distdiff.method.guidance import STEP_KEYS  # noqa: E402
+from distdiff.method.records import STEP_KEYS  # noqa: E402
 
 CELL = 72  # pixels per image on a contact sheet
 GAP = 4
@@ -287,7 +287,7 @@ def _energies(report: dict, images: dict[str, bytes]) -> str:
             step_rows.append([_e(name), '<span class="missing">missing: '
                               f'{_e(step.get("reason", "not recorded"))}</span>', "", "", ""])
             continue
-        step_rows.append([_e(name)] + [fmt(step[k]["mean"]) if k in step else "" for k in STEP_KEYS] +
+        step_rows.append([_e(name)] + [fmt(step[k.value]["mean"]) if k.value in step else "" for k in STEP_KEYS] +
                          [fmt(max(v["n"] for v in step.values()))])
     out += table(["expansion", "eps saturated", "move: random draw", "move: gradient", "n"], step_rows)
     for name, entry in report["figures"].items():

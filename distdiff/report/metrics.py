@@ -22,7 +22,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from distdiff.errors import UserError
-from distdiff.method.guidance import STEP_KEYS
+from distdiff.method.records import STEP_KEYS, Record
 from distdiff.method.prototypes import unit_features
 from distdiff.models.inference import dataset_outputs
 
@@ -133,7 +133,7 @@ def energy_summary(records: Sequence[dict], *, bins: int = 20) -> dict:
     for level in ("D_c", "D_g"):
         stages = {}
         for stage in ("before", "after", "final"):
-            key = f"{level}_{stage}"
+            key = Record.energy(level, stage).value
             values = np.array([r[key] for r in records if r.get(key) is not None], dtype=float)
             stages[stage] = values
         present = {s: v for s, v in stages.items() if len(v)}
@@ -150,14 +150,14 @@ def energy_summary(records: Sequence[dict], *, bins: int = 20) -> dict:
             entry[stage] = ({"mean": float(values.mean()), "n": len(values),
                              "histogram": np.histogram(values, edges)[0].tolist()} if len(values)
                             else {"status": "missing", "reason": f"no {level}_{stage} in manifest.jsonl"})
-        paired = [(r[f"{level}_before"], r[f"{level}_after"], r[f"{level}_final"]) for r in records
-                  if all(r.get(f"{level}_{s}") is not None for s in ("before", "after", "final"))]
+        keys = [Record.energy(level, when).value for when in ("before", "after", "final")]
+        paired = [tuple(r[k] for k in keys) for r in records if all(r.get(k) is not None for k in keys)]
         entry["moved_closer_by_guidance"] = (float(np.mean([a < b for b, a, _ in paired])) if paired else None)
         entry["final_closer_than_before"] = (float(np.mean([f < b for b, _, f in paired])) if paired else None)
         entry["paired_n"] = len(paired)
         summary[level] = entry
     step = {}
-    for key in STEP_KEYS:
+    for key in (k.value for k in STEP_KEYS):
         values = [r[key] for r in records if r.get(key) is not None]
         if values:
             step[key] = {"mean": float(np.mean(values)), "n": len(values)}

@@ -55,7 +55,8 @@ from distdiff.runs.selection import generate_best_of
 from distdiff.runs.manifest import (MANIFEST, ManifestReader, append_manifest, manifest_part, read_manifest,
                                     repair_manifest)
 from distdiff.method.prototypes import PrototypeFileError, Prototypes
-from distdiff.method.observers import RECORD_KEYS, CandidateScore, EnergyRecorder
+from distdiff.method.observers import CandidateScore, EnergyRecorder
+from distdiff.method.records import RECORD_KEYS
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline
 from distdiff.pipelines.sampling import PromptEmbeddings, SamplingConfig, image_seed, make_generators
 from distdiff.utils.settings import changed_settings
@@ -371,7 +372,7 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
                 save_png_atomic(result.images[k], out_dir / it.image)
                 record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
                           "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
-                record.update({key: (result.records[key][k] if key in result.records else None)
+                record.update({key.value: (result.records[key][k] if key in result.records else None)
                                for key in RECORD_KEYS})
                 records.append(record)
             append_manifest(part, records)

@@ -26,7 +26,7 @@ from filelock import FileLock
 
 from distdiff.errors import UserError
 from distdiff.utils.files import atomic_write_text
-from distdiff.method.observers import RECORD_KEYS
+from distdiff.method.records import RECORD_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ MANIFEST = "manifest.jsonl"
 PART_GLOB = "manifest.*-of-*.jsonl"  # the per-shard parts beside MANIFEST
 # Every manifest line has exactly these keys; D_* and the guided step's measurements are null when
 # nothing measured them (older manifests may lack the step's keys altogether).
-MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + RECORD_KEYS
+MANIFEST_KEYS = ("image", "source", "class", "label", "copy", "seed", "params") + tuple(k.value for k in RECORD_KEYS)
 
 
 class ManifestError(UserError):
@@ -183,7 +183,7 @@ def summarize_manifest(path: Path) -> dict[str, float]:
     """Mean of each recorded value (D_*, the guided step's) over the manifest's images that have it, and their number."""
     records = list(read_manifest(path).values())
     summary = {"images": float(len(records))}
-    for key in RECORD_KEYS:
+    for key in (k.value for k in RECORD_KEYS):
         values = [r[key] for r in records if r.get(key) is not None]
         if values:
             summary[key] = float(np.mean(values))

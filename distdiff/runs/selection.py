@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from distdiff.method.records import Record
 from distdiff.method.observers import SELECTION_SCORES
 from distdiff.pipelines.distdiff_img2img import DistDiffOutput
 from distdiff.pipelines.sampling import image_seed
@@ -24,15 +25,15 @@ def candidate_seeds(seeds: Sequence[int], candidate: int) -> list[int]:
 
 
 def best_of(outputs: Sequence[DistDiffOutput], *, by: str) -> DistDiffOutput:
-    """Per image, the candidate whose records["selection_score"] is best by SELECTION_SCORES[`by`]; ties: the first."""
-    scores = torch.tensor([out.records["selection_score"] for out in outputs])  # [k, B]
+    """Per image, the candidate whose records[Record.SELECTION_SCORE] is best by SELECTION_SCORES[`by`]; ties: the first."""
+    scores = torch.tensor([out.records[Record.SELECTION_SCORE] for out in outputs])  # [k, B]
     lower_is_better = SELECTION_SCORES[by][1]
     chosen = (scores if lower_is_better else -scores).argmin(dim=0)  # argmin returns the first of equal values
     images = torch.stack([outputs[int(c)].images[i] for i, c in enumerate(chosen)])
     keys = set().union(*(out.records for out in outputs))
     records = {key: [outputs[int(c)].records[key][i] if key in outputs[int(c)].records else None
                      for i, c in enumerate(chosen)] for key in keys}
-    records["candidate"] = chosen.tolist()
+    records[Record.CANDIDATE] = chosen.tolist()
     return DistDiffOutput(images=images, records=records)
 
 

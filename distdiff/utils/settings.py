@@ -1,13 +1,15 @@
-"""The rules every numeric expansion setting obeys, in one place.
+"""The rules numeric settings obey, in one place.
 
-expand.py's flag validation, EnergyGuidance and the sampler all check their settings here, so a
-value is refused with the same message (naming the expand.py flag) wherever it enters. NaN and
-inf are refused first: NaN passes every comparison, and inf turns the latents into NaN.
+expand.py's own flags and the sampler's settings are checked by `check_settings` (messages name the
+expand.py flag); a guidance method checks its own options once, in its constructor, by
+`check_option` (messages in the library's terms, an OptionError the scripts render with their
+flags). NaN and inf are refused first: NaN passes every comparison, and inf turns the latents into NaN.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from distdiff.errors import UserError
 
@@ -16,16 +18,15 @@ class SettingError(UserError):
     """A setting value that cannot work; the message names the flag and what it must be."""
 
 
-_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-_NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
+POSITIVE = (lambda v: v > 0, "positive")
 # Setting (expand.py flag name) -> (test, what it must be).
 RULES = {
-    "num_images_per_prompt": _AT_LEAST_1, "steps": _AT_LEAST_1, "batch_size": _AT_LEAST_1,
-    "total_split": _AT_LEAST_1, "K": _AT_LEAST_1, "guidance_period": _AT_LEAST_1, "guidance_step": _AT_LEAST_1,
-    "max_source_images": _AT_LEAST_1, "num_threads": _AT_LEAST_1,
+    "num_images_per_prompt": AT_LEAST_1, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
+    "total_split": AT_LEAST_1, "K": AT_LEAST_1, "max_source_images": AT_LEAST_1, "num_threads": AT_LEAST_1,
     "strength": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "rho": _NON_NEGATIVE, "gs": _NON_NEGATIVE, "ls": _NON_NEGATIVE, "guidance_scale": _NON_NEGATIVE,
-    "constraint_value": (lambda v: v > 0, "positive"),
+    "gs": NON_NEGATIVE, "ls": NON_NEGATIVE, "guidance_scale": NON_NEGATIVE, "candidates": AT_LEAST_1,
     "resolution": (lambda v: v >= 8, "at least 8 pixels"),
 }
 
@@ -51,21 +52,26 @@ def check_settings(**values: float | int | None) -> None:
             raise SettingError(f"--{name} must be {requirement}, got {value}.")
 
 
-def check_period(*, guidance_step: int, guidance_period: int) -> None:
-    """The look-ahead of `guidance_period` steps must fit in the `guidance_step` steps left after T-M."""
-    check_settings(guidance_step=guidance_step, guidance_period=guidance_period)
-    if guidance_period > guidance_step:
-        raise SettingError(f"--guidance_period ({guidance_period}) cannot exceed --guidance_step ({guidance_step}): "
-                           f"the guidance period's look-ahead would run past the last step.")
+class OptionError(UserError):
+    """A method's option that cannot work, said in the library's terms: "TransformGuidance: rho must be ...".
+
+    The message is a template whose {fields} name options, so a script can say the same with its flags
+    (`render(flags)`); `options` are the names the template uses, the first the option at fault.
+    """
+
+    def __init__(self, owner: str, template: str, *options: str):
+        self.owner, self.template, self.options = owner, template, options
+        super().__init__(f"{owner}: " + self.render({name: name for name in options}))
+
+    def render(self, names: dict[str, str]) -> str:
+        """The message with each option called by `names[option]` (e.g. its command-line flag)."""
+        return self.template.format(**{name: names.get(name, name) for name in self.options})
 
 
-def check_schedule(*, steps: int, guidance_step: int, guidance_period: int, start: int) -> None:
-    """Guidance at schedule index T-M must fall inside the img2img steps [start, T) of `steps` T."""
-    check_settings(steps=steps)
-    if guidance_step > steps:
-        raise SettingError(f"--guidance_step must be in [1, --steps={steps}], got {guidance_step}.")
-    check_period(guidance_step=guidance_step, guidance_period=guidance_period)
-    if steps - guidance_step < start:
-        raise SettingError(f"--guidance_step {guidance_step} guides schedule index {steps - guidance_step}, before "
-                           f"the first img2img step {start} (set by --strength); use --guidance_step <= "
-                           f"{steps - start}, i.e. lower --guidance_step or raise --strength.")
+def check_option(owner: str, name: str, value: float | int, requirement: tuple[Callable, str]) -> None:
+    """Raise OptionError unless `value` of option `name` of `owner` is finite and meets `requirement` (a RULES entry)."""
+    valid, text = requirement
+    if not math.isfinite(value):
+        raise OptionError(owner, f"{{{name}}} must be a finite number, got {value}.", name)
+    if not valid(value):
+        raise OptionError(owner, f"{{{name}}} must be {text}, got {value}.", name)

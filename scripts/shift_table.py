@@ -20,6 +20,7 @@ from pathlib import Path
 
 from distdiff import cli
 from distdiff.errors import UserError
+from distdiff.method.records import Record
 from distdiff.training.experiment import run_name
 from distdiff.training.results import format_value, paired_against, summarize_experiment
 
@@ -123,11 +124,11 @@ def table(dataset: str, checkpoint_root: Path, results_root: Path, layout: str =
             energies = report["energies"].get(expansion, {})
             d_c = energies.get("D_c", {})
             step = energies.get("step", {})
-            draw, grad = (step.get(k, {}).get("mean") for k in ("move_draw", "move_grad"))
+            draw, grad = (step.get(k.value, {}).get("mean") for k in (Record.MOVE_DRAW, Record.MOVE_GRAD))
             cells = [f"{g['fid']:.4f}", f"{g['kid_mean'] * 1e3:.2f} ± {g['kid_std'] * 1e3:.2f}",
                      *independent_distance(report, expansion), f"{g['fidelity_judge']:.3f}", f"{g['fidelity_guide']:.3f}", _f(g["copy_to_source"]),
                      _f(d_c.get("final", {}).get("mean") if d_c.get("status") == "ok" else None),
-                     _f(step.get("eps_saturated", {}).get("mean")),
+                     _f(step.get(Record.EPS_SATURATED.value, {}).get("mean")),
                      f"{_f(draw) or '–'} / {grad:.3f}" if grad is not None else ""]
         lines.append("| " + " | ".join([label, seeds] + acc + cells) + " |")
     return "\n".join(lines)

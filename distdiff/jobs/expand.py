@@ -64,7 +64,6 @@ NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
 SEED = 42  # the authors' generate_data.py default
 BATCH_SIZE = 1  # the authors' expand_diff.sh (--train_batch_size 1); raise it on a large GPU
 FEATURE_BATCH_SIZE = 64  # images per guide forward when computing prototypes
-MODEL_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what load_stable_diffusion reads
 
 
 @dataclass(frozen=True)
@@ -351,29 +350,43 @@ def write_run_report(config: ExpandConfig, out: Path, guide_checkpoint: str | No
         logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
 
 
-def run(config: ExpandConfig) -> dict:
-    """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
+def resolve(config: ExpandConfig) -> ExpandConfig:
+    """The flags' values -> the job: the dataset's defaults filled in, every value checked, the paths decided."""
     job = apply_dataset_defaults(config)
     validate(job)
-    job = resolve_paths(job)
+    return resolve_paths(job)
+
+
+def start_process(job: ExpandConfig) -> PartialState:
+    """This process's place among accelerate's (one process without a launcher), its CPU threads set."""
     if not torch.cuda.is_available():
         logger.info("using %d CPU threads", configure_threads(job.num_threads))
     # Without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    device = state.device
-    train = load_dataset(job.dataset, "train", root=job.data_root)
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class Work:
+    """The whole work list (every --split job builds it, so each refuses the same source and the one that finds
+    it finished writes the report) and this process's shard of it."""
+
+    all_items: list
+    items: list
+    shard: int
+    num_shards: int
+
+
+def plan_work(job: ExpandConfig, train, state: PartialState) -> Work:
+    """The work list of `job` over the train split `train`, and this process's shard."""
     selected = expansion.select_sources(train, job.max_source_images)
-    # Every job builds (and checks the file names of) the whole work list before any work: each --split job then
-    # refuses the same source, and the one that finds the whole list finished writes the report.
     work_list = expansion.work_items(train, selected, num_copies=job.num_images_per_prompt, seed=job.seed)
     shard, num_shards = expansion.global_shard(job.split, job.total_split, state.process_index, state.num_processes)
     ours = set(expansion.shard_sources(selected, shard=shard, num_shards=num_shards))
-    items = [it for it in work_list if it.source_index in ours]
-    missing = [sub for sub in MODEL_SUBFOLDERS if Path(job.model).is_dir() and not (Path(job.model) / sub).is_dir()]
-    if missing:  # diffusers would only say "no file named config.json in <model>"
-        lacks = ", ".join(f"{sub}/" for sub in missing)
-        raise expansion.ExpansionError(f"--model {job.model} is a folder without {lacks}; a diffusers Stable "
-                                       f"Diffusion folder holds {', '.join(MODEL_SUBFOLDERS)} (and model_index.json).")
+    return Work(work_list, [it for it in work_list if it.source_index in ours], shard, num_shards)
+
+
+def load_model(job: ExpandConfig, device):
+    """The pipeline of --model on `device`, and the image side it generates (--resolution or the model's)."""
     try:
         sd = load_stable_diffusion(job.model, device=device, precision=job.precision,
                                    gradient_checkpointing=job.gradient_checkpointing,
@@ -386,21 +399,29 @@ def run(config: ExpandConfig) -> dict:
     if resolution % sd.vae_scale_factor:
         raise expansion.ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor "
                                        f"{sd.vae_scale_factor}.")
-    guidance = job.guidance_method()
+    return sd, resolution
+
+
+def run(config: ExpandConfig) -> dict:
+    """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
+    job = resolve(config)
+    state = start_process(job)
+    train = load_dataset(job.dataset, "train", root=job.data_root)
+    work = plan_work(job, train, state)
+    sd, resolution = load_model(job, state.device)
     params = job.generation_params(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
     out = Path(job.output_dir)
     expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast
     expansion.check_copies(out, job.num_images_per_prompt)
-    guide = load_guide(job, train, state, device, check_arch=config.guide_arch is not None)
-
+    guide = load_guide(job, train, state, state.device, check_arch=config.guide_arch is not None)
     cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=resolution, crop=job.crop,
                         precision=params["dtype"])
     prompts = encode_prompts(sd, [train.prompt(c) for c in range(len(train.classes))])
     begin = time.perf_counter()
     written = expansion.run_expansion(
-        sd, train, items, out_dir=out, prompts=prompts, cache=cache, params=params, sampling=job.sampling(),
-        guidance=guidance, guide=guide, batch_size=job.batch_size, record_energy=not job.no_energy_log,
-        progress=state.is_local_main_process, shard=shard, num_shards=num_shards, candidates=job.candidates,
+        sd, train, work.items, out_dir=out, prompts=prompts, cache=cache, params=params, sampling=job.sampling(),
+        guidance=job.guidance_method(), guide=guide, batch_size=job.batch_size, record_energy=not job.no_energy_log,
+        progress=state.is_local_main_process, shard=work.shard, num_shards=work.num_shards, candidates=job.candidates,
         select=job.select)
     seconds = time.perf_counter() - begin
     state.wait_for_everyone()
@@ -409,8 +430,7 @@ def run(config: ExpandConfig) -> dict:
     state.destroy_process_group()
     # One process per launch asks (after the barrier, so for all of its ranks); the turn marker picks among launches.
     if not job.no_report and state.is_main_process and expansion.report_due(
-            out, work_list, report=out / REPORT_JSON, made_images=written > 0):
-        write_run_report(job, out, params["guide_checkpoint"], device)
-    return {"output_dir": str(out), "shard": f"{shard}/{num_shards}", "images": len(items), "written": written,
-            "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}
-
+            out, work.all_items, report=out / REPORT_JSON, made_images=written > 0):
+        write_run_report(job, out, params["guide_checkpoint"], state.device)
+    return {"output_dir": str(out), "shard": f"{work.shard}/{work.num_shards}", "images": len(work.items),
+            "written": written, "seconds": seconds, "summary": summarize_manifest(out / MANIFEST)}

@@ -122,6 +122,11 @@ def load_components(model: str, *, dtype: torch.dtype, local_files_only: bool = 
     a model that is neither a folder nor a loadable hub id.
     """
     hub = {"local_files_only": local_files_only}
+    missing = [name for name in COMPONENT_LOADERS if Path(model).is_dir() and not (Path(model) / name).is_dir()]
+    if missing:  # diffusers would only say "no file named config.json in <model>"
+        raise ModelLoadError(f"--model {model} is a folder without {', '.join(f'{name}/' for name in missing)}; a "
+                             f"diffusers Stable Diffusion folder holds {', '.join(COMPONENT_LOADERS)} (and "
+                             f"model_index.json).")
     components = {}
     try:
         check_model_family(model, hub)

@@ -38,6 +38,10 @@ VARIANTS = {  # name: expand.py flags (scripts/variants_comparison.sh)
     "v_select_direct_p2": ["--guidance", "direct", "--guidance_period", "2", "--candidates", "4", "--select", "energy"],
     "v_select_direct_p5_linear": ["--guidance", "direct", "--guidance_period", "5", "--rho_schedule", "linear",
                                   "--candidates", "4", "--select", "energy"],
+    # the cost of the manifest's energy records (EnergyRecorder: one extra CFG UNet step and two decodes + guide
+    # passes per image), the price stated beside --no_energy_log
+    "v_paper_no_energy_log": ["--no_energy_log"],
+    "v_sd_no_energy_log": ["--guidance", "none", "--no_energy_log"],
 }
 
 

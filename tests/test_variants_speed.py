@@ -33,4 +33,6 @@ def test_every_variant_of_the_comparison_grid_is_benchmarked():
 
     for direct in ("v_direct_p2", "v_direct_p5_linear"):  # direct + selection takes the direct setting chosen on val
         assert set(bench.VARIANTS) >= {benchmark_exp(exp, {"direct": direct}) for exp in GRID}
-    assert len(bench.VARIANTS) == len(GRID) + 1
+    # + the second direct + selection, + the energy log's cost with and without guidance
+    assert len(bench.VARIANTS) == len(GRID) + 3
+    assert bench.VARIANTS["v_paper_no_energy_log"] == ["--no_energy_log"]

@@ -94,15 +94,23 @@ def damaged_file_message(folder: Path, component: str) -> str | None:
 
 
 def check_model_family(model: str, hub: dict) -> None:
-    """Refuse pipelines this sampler cannot drive (SDXL, inpainting, upscalers) before any weights load."""
+    """Refuse pipelines this sampler cannot drive (SDXL, inpainting, upscalers) and a local folder missing a
+    component's subfolder, before any weights load."""
     try:
         index = DiffusionPipeline.load_config(model, **hub)
     except OSError:  # no model_index.json (a hand-made folder, an unknown id): the component loaders report that
-        return
-    pipeline = index.get("_class_name", "?")
-    if pipeline not in SUPPORTED_PIPELINES:
+        index = None
+    pipeline = index.get("_class_name", "?") if index is not None else None
+    if index is not None and pipeline not in SUPPORTED_PIPELINES:
         raise ModelLoadError(f"--model '{model}' is a {pipeline}, which this pipeline cannot drive; it supports "
                              f"{SUPPORTED_MODELS}.")
+    missing = [name for name in COMPONENT_LOADERS if Path(model).is_dir() and not (Path(model) / name).is_dir()]
+    if missing:  # diffusers would only say "no file named config.json in <model>"
+        raise ModelLoadError(f"--model {model} is a folder without {', '.join(f'{name}/' for name in missing)}; a "
+                             f"diffusers Stable Diffusion folder holds {', '.join(COMPONENT_LOADERS)} (and "
+                             f"model_index.json).")
+    if index is None:
+        return
     unet = UNet2DConditionModel.load_config(model, subfolder="unet", **hub)
     reasons = [why for key, why in UNSUPPORTED_UNET_KEYS.items() if unet.get(key) is not None]
     if unet.get("in_channels") != unet.get("out_channels"):  # inpainting/depth/upscaler inputs: extra channels
@@ -122,11 +130,6 @@ def load_components(model: str, *, dtype: torch.dtype, local_files_only: bool = 
     a model that is neither a folder nor a loadable hub id.
     """
     hub = {"local_files_only": local_files_only}
-    missing = [name for name in COMPONENT_LOADERS if Path(model).is_dir() and not (Path(model) / name).is_dir()]
-    if missing:  # diffusers would only say "no file named config.json in <model>"
-        raise ModelLoadError(f"--model {model} is a folder without {', '.join(f'{name}/' for name in missing)}; a "
-                             f"diffusers Stable Diffusion folder holds {', '.join(COMPONENT_LOADERS)} (and "
-                             f"model_index.json).")
     components = {}
     try:
         check_model_family(model, hub)

@@ -76,6 +76,11 @@ def test_a_tiny_benchmark_runs_end_to_end_and_chooses_on_val(tmp_path):
     assert f"Chosen on val: a grid: {chosen}" in lines[-1]
     # rerunning skips everything finished and gives the same table
     assert run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)) == text
+    # a benchmark whose grid is not chosen yet still tables what has finished, and says what is missing
+    (layout.results / "chosen.json").unlink()
+    partial = run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)).splitlines()
+    assert [line.split(" | ")[1] for line in partial[2:4]] == ["original", "sd"] and partial[4] == ""
+    assert partial[-1] == "Chosen on val: a grid: not chosen yet (the choose stage has not run)."
 
 
 def test_compare_py_names_a_missing_spec(tmp_path):

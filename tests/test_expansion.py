@@ -240,10 +240,13 @@ def test_cli_names_the_command_that_trains_a_missing_guide(tmp_path, monkeypatch
 
 def test_run_config_from_before_start_index_resumes_under_the_default(tmp_path):
     """A folder whose config predates --start_index was made with diffusers' start index."""
+    added_later = {"start_index": "diffusers"}  # SamplingConfig's default (recipe_defaults gives it)
     ensure_run_config(tmp_path, {"strength": 0.5})
-    ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "diffusers"})
+    ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "diffusers"}, added_later=added_later)
     with pytest.raises(ExpansionError, match=r"'start_index': \('diffusers', 'authors'\)"):
-        ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "authors"})
+        ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "authors"}, added_later=added_later)
+    with pytest.raises(ExpansionError, match=r"'start_index': \(None, 'diffusers'\)"):  # no default: refused
+        ensure_run_config(tmp_path, {"strength": 0.5, "start_index": "diffusers"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import expand
 from distdiff.jobs import expand as expand_job
 from distdiff.method.guidance import Guidance
 from distdiff.runs.expansion import RUN_CONFIG, ExpansionError, ensure_run_config
-from distdiff.runs.recipe import Recipe, RecipeError, recipe_params
+from distdiff.runs.recipe import Recipe, RecipeError, recipe_defaults, recipe_params
 
 
 def _recipe(*flags) -> Recipe:
@@ -94,18 +94,34 @@ OLD_CONFIG = {"dataset": "digits", "model": "m", "resolution": 32, "crop": "cent
               "guide_checkpoint": None}
 
 
+def _ensure(folder, recipe):
+    ensure_run_config(folder, recipe_params(recipe), added_later=recipe_defaults(recipe))
+
+
 @pytest.mark.parametrize("guidance", ["transform", "direct", "none"])
 def test_a_folder_written_before_the_recipe_still_resumes(tmp_path, guidance):
     (tmp_path / RUN_CONFIG).write_text(json.dumps({**OLD_CONFIG, "guidance": guidance}))
-    ensure_run_config(tmp_path, recipe_params(_recipe("--guidance", guidance)))
-    # older still: before --candidates and the transform options existed (their defaults count)
-    older = {k: v for k, v in OLD_CONFIG.items() if k not in ("candidates", "select", "transform_init",
-                                                             "transform_iters", "rho_schedule")}
+    _ensure(tmp_path, _recipe("--guidance", guidance))
+    # older still: before --start_index, --candidates and the transform options existed (their defaults count)
+    older = {k: v for k, v in OLD_CONFIG.items() if k not in ("candidates", "select", "transform_init", "start_index",
+                                                             "transform_iters", "transform_resolution", "rho_schedule")}
     (tmp_path / RUN_CONFIG).write_text(json.dumps({**older, "guidance": guidance}))
-    ensure_run_config(tmp_path, recipe_params(_recipe("--guidance", guidance)))
-    with pytest.raises(ExpansionError, match="'rho'"):
-        ensure_run_config(tmp_path, recipe_params(_recipe("--guidance", guidance, "--rho", "5"))
-                          if guidance != "none" else {**recipe_params(_recipe()), "rho": 5.0})
+    _ensure(tmp_path, _recipe("--guidance", guidance))
+    if guidance != "none":  # an option set away from its default is not what the old folder was made with
+        flag = ["--transform_iters", "2"] if guidance == "transform" else ["--rho_schedule", "linear"]
+        with pytest.raises(ExpansionError, match="'transform_iters'" if guidance == "transform" else "'rho_schedule'"):
+            _ensure(tmp_path, _recipe("--guidance", guidance, *flag))
+        with pytest.raises(ExpansionError, match="'rho'"):
+            _ensure(tmp_path, _recipe("--guidance", guidance, "--rho", "5"))
+
+
+def test_the_defaults_an_old_folder_counts_are_each_options_own():
+    defaults = recipe_defaults(_recipe())
+    assert {k: defaults[k] for k in ("start_index", "transform_init", "transform_iters", "transform_resolution",
+                                     "candidates", "select")} == {
+        "start_index": "diffusers", "transform_init": "random", "transform_iters": 1, "transform_resolution": 1,
+        "candidates": 1, "select": "energy"}
+    assert recipe_defaults(_recipe("--guidance", "direct"))["rho_schedule"] == "constant"
 
 
 def test_two_fields_recorded_under_one_key_are_refused():

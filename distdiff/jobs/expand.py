@@ -30,7 +30,7 @@ from distdiff.method.methods import GUIDANCE_METHODS
 from distdiff.method.transform import TransformInit
 from distdiff.method.observers import SELECTION_SCORES
 from distdiff.runs.latent_cache import LatentCache
-from distdiff.runs.recipe import EnergyTerms, Recipe, Selection, recipe_params
+from distdiff.runs.recipe import EnergyTerms, Recipe, Selection, recipe_defaults, recipe_params
 from distdiff.runs.manifest import MANIFEST, summarize_manifest
 from distdiff.method.prototypes import CLUSTERING_METHODS, DEFAULT_K, compute_prototypes
 from distdiff.data.registry import dataset_spec, load_dataset
@@ -413,9 +413,11 @@ def run(config: ExpandConfig) -> dict:
     train = load_dataset(job.dataset, "train", root=job.data_root)
     work = plan_work(job, train, state)
     sd, resolution = load_model(job, state.device)
-    params = job.generation_params(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
+    recipe = job.recipe(resolution=resolution, dtype=str(sd.dtype).removeprefix("torch."))
+    params = recipe_params(recipe)
     out = Path(job.output_dir)
-    expansion.ensure_run_config(out, params)  # before any work, so a mismatched resume fails fast
+    # before any work, so a mismatched resume fails fast
+    expansion.ensure_run_config(out, params, added_later=recipe_defaults(recipe))
     expansion.check_copies(out, job.num_images_per_prompt)
     guide = load_guide(job, train, state, state.device, check_arch=config.guide_arch is not None)
     cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=resolution, crop=job.crop,

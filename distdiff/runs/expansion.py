@@ -161,26 +161,18 @@ def save_png_atomic(image: torch.Tensor, path: Path) -> None:
         Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
 
 
-# Parameters recorded only since they became settable, with the value every earlier run used,
-# so a folder made before a new flag existed still resumes under the default.
-PARAMS_ADDED_LATER = {"start_index": "diffusers", "transform_init": "random", "transform_iters": 1,
-                      "transform_resolution": 1, "rho_schedule": "constant", "candidates": 1, "select": "energy"}
+def ensure_run_config(out_dir: Path, config: dict, *, added_later: dict | None = None) -> None:
+    """Record the generation parameters in OUT, or check that a resumed run uses the same ones.
 
-
-def _differences(stored: dict, wanted: dict) -> dict:
-    """{key: (stored, wanted)} for every parameter the stored config records differently."""
-    return changed_settings(stored, wanted, defaults=PARAMS_ADDED_LATER)
-
-
-def ensure_run_config(out_dir: Path, config: dict) -> None:
-    """Record the generation parameters in OUT, or check that a resumed run uses the same ones."""
+    `added_later`: the value of each parameter a folder written before it existed used (its default; see
+    distdiff.runs.recipe.recipe_defaults), so such a folder still resumes under the default."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RUN_CONFIG
     config = json.loads(json.dumps(config))  # the JSON view (tuples become lists) is what is compared
     with FileLock(str(out_dir / LOCK)):
         if path.is_file():
             stored = json.loads(path.read_text())
-            diff = _differences(stored, config)
+            diff = changed_settings(stored, config, defaults=added_later)
             if diff:
                 raise ExpansionError(f"{out_dir} holds images made with other parameters ({path}); stored vs "
                                      f"requested: {diff}. Use another --output_dir or the same parameters.")
@@ -201,7 +193,7 @@ def load_or_compute_prototypes(out_dir: Path, metadata: dict, compute: Callable[
             except PrototypeFileError as err:  # e.g. a copy cut short by a full disk: recompute it
                 logger.warning("%s; recomputing it", err)
         if prototypes is not None:
-            diff = _differences(prototypes.metadata, metadata)
+            diff = changed_settings(prototypes.metadata, metadata)
             if diff:
                 raise ExpansionError(f"{path} was computed from something else; stored vs requested: {diff}. "
                                      f"Use another --output_dir, or delete {path} if OUT holds no images yet.")

@@ -90,3 +90,13 @@ def _flatten(obj: Any) -> dict[str, Any]:
 def recipe_params(recipe: Recipe) -> dict[str, Any]:
     """OUT/expand_config.json's content: every field of `recipe`, flattened (JSON-ready values)."""
     return _flatten(recipe)
+
+
+def recipe_defaults(recipe: Recipe) -> dict[str, Any]:
+    """{param key: default} of every option of `recipe`'s sampler, guidance method and selection: the value a
+    folder written before an option existed was made with (a new option's default keeps the old behaviour)."""
+    defaults: dict[str, Any] = {}
+    for part in (recipe.sampling, recipe.guidance, recipe.selection):
+        if part is not None:
+            defaults.update(_flatten(type(part)()))
+    return defaults

@@ -71,8 +71,8 @@ def test_a_tiny_benchmark_runs_end_to_end_and_chooses_on_val(tmp_path):
     assert text.splitlines() == lines
     assert [line.split(" | ")[1] for line in lines[2:5]] == ["original", "sd", f"g_{chosen}"]
     assert all(line.split(" | ")[2] == "1,2" for line in lines[2:5])
-    sd_row = lines[3].split(" | ")
-    assert sd_row[-2] == "–" and "(n=2, MDE" in sd_row[-1]  # the baseline itself; paired with the original data
+    sd_row = lines[3].split(" | ")  # vs itself (2 metrics), then paired with the original data (2 metrics)
+    assert sd_row[-4:-2] == ["–", "–"] and all("(n=2, MDE" in cell for cell in sd_row[-2:])
     assert f"Chosen on val: a grid: {chosen}" in lines[-1]
     # rerunning skips everything finished and gives the same table
     assert run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)) == text
@@ -81,6 +81,11 @@ def test_a_tiny_benchmark_runs_end_to_end_and_chooses_on_val(tmp_path):
     partial = run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)).splitlines()
     assert [line.split(" | ")[1] for line in partial[2:4]] == ["original", "sd"] and partial[4] == ""
     assert partial[-1] == "Chosen on val: a grid: not chosen yet (the choose stage has not run)."
+    import shutil
+
+    shutil.rmtree(layout.runs("sd"))  # an experiment not run yet: a row without replicates
+    assert run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)).splitlines()[3].startswith(
+        "| SD img2img | sd |  |  |  |  | – | – | too few replicates | too few replicates |")
 
 
 def test_compare_py_names_a_missing_spec(tmp_path):

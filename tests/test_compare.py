@@ -71,11 +71,23 @@ def test_a_tiny_benchmark_runs_end_to_end_and_chooses_on_val(tmp_path):
     assert text.splitlines() == lines
     assert [line.split(" | ")[1] for line in lines[2:5]] == ["original", "sd", f"g_{chosen}"]
     assert all(line.split(" | ")[2] == "1,2" for line in lines[2:5])
-    sd_row = lines[3].split(" | ")  # vs itself (2 metrics), then paired with the original data (2 metrics)
-    assert sd_row[-4:-2] == ["–", "–"] and all("(n=2, MDE" in cell for cell in sd_row[-2:])
+    sd_row = lines[3].split(" | ")  # vs itself (2 metrics), paired with the original data (2), then the report's 2
+    assert sd_row[-6:-4] == ["–", "–"] and all("(n=2, MDE" in cell for cell in sd_row[-4:-2])
+    assert lines[3].endswith("|  |  |")  # no report stage in this benchmark: blank report columns
     assert f"Chosen on val: a grid: {chosen}" in lines[-1]
     # rerunning skips everything finished and gives the same table
     assert run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)) == text
+    # the report stage's distances and fidelity (replicate 1) fill the last two columns
+    report = {"distribution": {"efficientnet_lite0": {"status": "ok", "rows": [
+        {"set": "real train (yardstick)", "reference": "test", "overall": {"fid": 7.5}},
+        {"set": "sd/seed1", "reference": "train", "overall": {"fid": 99.0}},
+        {"set": "sd/seed1", "reference": "test", "overall": {"fid": 21.25}}]}},
+        "label_fidelity": {"guide": {"sd/seed1": {"overall": {"share": 0.875}}}}}
+    (layout.results / "report").mkdir()
+    (layout.results / "report" / "report.json").write_text(json.dumps(report))
+    with_report = run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)).splitlines()
+    assert with_report[2].endswith("| 7.50 |  |") and with_report[3].endswith("| 21.25 | 0.875 |")
+    assert with_report[4].endswith("|  |  |")  # not in the report: blank, never a made-up value
     # a benchmark whose grid is not chosen yet still tables what has finished, and says what is missing
     (layout.results / "chosen.json").unlink()
     partial = run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)).splitlines()
@@ -85,7 +97,7 @@ def test_a_tiny_benchmark_runs_end_to_end_and_chooses_on_val(tmp_path):
 
     shutil.rmtree(layout.runs("sd"))  # an experiment not run yet: a row without replicates
     assert run_benchmark(bench, lanes=1, root=tmp_path, stages=("table",)).splitlines()[3].startswith(
-        "| SD img2img | sd |  |  |  |  | – | – | too few replicates | too few replicates |")
+        "| SD img2img | sd |  |  |  |  | – | – | too few replicates | too few replicates | 21.25 | 0.875 |")
 
 
 def test_compare_py_names_a_missing_spec(tmp_path):

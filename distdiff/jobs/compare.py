@@ -234,6 +234,24 @@ def choose_on_val(layout: Layout, grid: Grid) -> str:
     return max(scores, key=lambda pair: pair[0])[1]  # max keeps the first of equal scores
 
 
+INDEPENDENT = "efficientnet_lite0"  # the report's feature space the guide never saw (distdiff/report/feature_spaces.py)
+YARDSTICK = "real train (yardstick)"  # the report's row of the real train images against test
+
+
+def _read_report(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _report_cells(report: dict, name: str) -> list[str]:
+    """(FID to test in the independent space, the guide's label fidelity) of set `name` in report.json; blanks
+    where the report lacks them (no report stage yet; the real images have no label fidelity)."""
+    space = report.get("distribution", {}).get(INDEPENDENT, {})
+    fid = [r["overall"]["fid"] for r in space.get("rows", []) if r["set"] == name and r["reference"] == "test"]
+    fidelity = report.get("label_fidelity", {}).get("guide", {}).get(name, {}).get("overall", {}).get("share")
+    return [f"{fid[0]:.2f}" if fid and space.get("status") == "ok" else "",
+            f"{fidelity:.3f}" if fidelity is not None else ""]
+
+
 @dataclass(frozen=True)
 class Row:
     """A table row: the spec's name (a grid's name for its chosen setting), the experiment folder's, its label."""
@@ -265,8 +283,10 @@ def table(layout: Layout, chosen: dict[str, str]) -> str:
     labels = {row.key: row.label for row in table_rows}
     metrics = ("val_selected_accuracy", "last10_accuracy", "best_accuracy")
     pairs = [(other, metric) for other in (bench.baseline, ORIGINAL) for metric in PAIRED_METRICS]
+    report = _read_report(layout.results / "report" / "report.json")
     header = ["row", "experiment", "replicates", *(METRIC_LABELS[m] for m in metrics),
-              *(f"Δ vs {labels[other]}, {METRIC_LABELS[metric]} [95% CI] (n, MDE)" for other, metric in pairs)]
+              *(f"Δ vs {labels[other]}, {METRIC_LABELS[metric]} [95% CI] (n, MDE)" for other, metric in pairs),
+              f"FID to test, {INDEPENDENT} (replicate 1)", "label fidelity, guide (replicate 1)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table_rows:
         summary = summaries[row.key]
@@ -274,6 +294,7 @@ def table(layout: Layout, chosen: dict[str, str]) -> str:
         for other, metric in pairs:
             difference = None if row.key == other else paired_against(summary, summaries[other], metric)
             cells.append("–" if row.key == other else difference.format() if difference else "too few replicates")
+        cells += _report_cells(report, YARDSTICK if row.key == ORIGINAL else f"{row.experiment}/seed1")
         lines.append("| " + " | ".join([row.label, row.experiment, ",".join(map(str, summary["seeds"])), *cells])
                      + " |")
     choices = [f"{g.label}: {chosen[g.name]} (best replicate-1 validation accuracy among {', '.join(g.settings)})"

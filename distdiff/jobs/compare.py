@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from distdiff.data.datasets import dataset_slug
 from distdiff.data.registry import REPO_ROOT
 from distdiff.errors import UserError
-from distdiff.training.experiment import run_name
+from distdiff.models.classifiers import CHECKPOINT_NAME
+from distdiff.training.experiment import run_path
 from distdiff.training.results import (METRIC_LABELS, RESULTS_NAME, format_value, paired_against, read_results,
                                        summarize_experiment)
 from distdiff.utils.files import atomic_write_text
@@ -143,24 +144,22 @@ class Layout:
         return dataset_slug(self.bench.dataset)
 
     @property
-    def run(self) -> str:
-        return run_name(self.bench.arch, False, LR, "default")
-
-    @property
     def results(self) -> Path:
         return self.root / "results" / self.slug / self.bench.name
 
+    def runs(self, name: str | None) -> Path:
+        """The folder of an experiment's seed<r>/ runs (None: the original data's), as the training scripts write."""
+        return run_path(output_root=self.root / "checkpoint", dataset=self.bench.dataset, arch=self.bench.arch,
+                        pretrained=False, lr=LR, seed=1, exp=name).parent
+
     def guide_runs(self) -> Path:
-        return self.root / "checkpoint" / self.slug / self.run
+        return self.runs(None)
 
     def guide(self, replicate: int) -> Path:
-        return self.guide_runs() / f"seed{replicate}" / "model_best.pth.tar"
+        return self.guide_runs() / f"seed{replicate}" / CHECKPOINT_NAME
 
     def expansion(self, name: str, replicate: int) -> Path:
         return self.root / "expanded" / self.slug / name / f"seed{replicate}"
-
-    def runs(self, name: str) -> Path:
-        return self.root / "checkpoint" / self.slug / name / self.run
 
 
 @dataclass(frozen=True)

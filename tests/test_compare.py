@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from distdiff.jobs.compare import (Benchmark, Experiment, Grid, Layout, SpecError, experiment_jobs, guide_job,
                                    load_benchmark, run_benchmark)

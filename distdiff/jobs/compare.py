@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import re
 import subprocess
@@ -46,7 +45,6 @@ from distdiff.training.results import (METRIC_LABELS, RESULTS_NAME, format_value
                                        summarize_experiment)
 from distdiff.utils.files import atomic_write_text
 
-logger = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9_]+")
 ORIGINAL = "original"  # the table's name of the original-data row (the guides)

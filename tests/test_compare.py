@@ -1,4 +1,5 @@
-"""distdiff.jobs.compare and scripts/compare.py: a benchmark spec run as whole-pipeline replicates."""
+"""distdiff.jobs.{spec,compare,compare_table} and scripts/compare.py: a benchmark spec run as whole-pipeline
+replicates and its table."""
 
 import json
 import sys
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from distdiff.jobs.compare import (Benchmark, Experiment, Grid, Layout, SpecError, experiment_jobs, guide_job,
-                                   load_benchmark, run_benchmark)
-from distdiff.training.results import read_results
+from distdiff.errors import UserError
+from distdiff.jobs.compare import experiment_jobs, guide_job, run_benchmark
+from distdiff.jobs.compare_table import table
+from distdiff.jobs.spec import Augmentation, Benchmark, Experiment, Grid, Layout, SpecError, load_benchmark
+from distdiff.training.results import read_results, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "scripts" / "experiments").glob("*.py"))
@@ -26,12 +29,87 @@ def test_a_spec_is_checked_when_it_is_made():
         Benchmark("b", "digits", (Experiment("a-b", "x"),), baseline="original")
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS if s.name != "rows.py"], ids=lambda p: p.stem)
-def test_the_shipped_specs_load(spec):
-    bench = load_benchmark(spec)
+# each shipped spec: (its experiments' names, whether it runs the judge); a renamed row is a new folder, so a change
+# here is a change of what the runs are called
+SHIPPED = {
+    "digits_shift_blur": (["sd", "distdiff", "distdiff_authors", "select_probability", "variant"], False),
+    "digits_shift_unseen": (["sd", "distdiff", "distdiff_authors", "select_probability", "variant"], False),
+    "fashion_mnist": (["sd", "distdiff", "distdiff_authors", "select_probability", "variant"], False),
+    "digits_paper": (["autoaugment", "sd", "distdiff_class", "distdiff_group", "distdiff"], False),
+    "shift_paper": (["autoaugment", "sd", "distdiff_class", "distdiff_group", "distdiff", "distdiff_direct",
+                     "distdiff_rho0"], True),
+    "fashion_mnist_paper": (["autoaugment", "sd", "distdiff", "sd_s09", "distdiff_s09", "distdiff_direct",
+                             "distdiff_rho0"], True),
+    "variants": (["sd", "distdiff", "identity", "direct", "select", "select_direct"], True),
+}
+
+
+def test_every_shipped_spec_is_listed_here():
+    assert sorted(s.stem for s in SPECS if s.name != "rows.py") == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_shipped_specs_load(name):
+    bench = load_benchmark(REPO / "scripts" / "experiments" / f"{name}.py")
     assert bench.replicates == (1, 2, 3, 4, 5) and bench.baseline == "sd"
-    names = [e.name for e in bench.experiments]
-    assert names == ["sd", "distdiff", "distdiff_authors", "select_probability", "variant"]
+    assert ([e.name for e in bench.experiments], bench.judge) == SHIPPED[name]
+
+
+def test_a_row_shared_by_two_specs_is_the_same_runs_with_the_same_flags():
+    # sd and distdiff of the replicates spec and the paper's table on digits-shift-blur: one folder each, so the flags
+    # (and the benchmark-wide expand flags) must agree or expand.py would refuse to resume the other's folder
+    specs = [load_benchmark(REPO / "scripts" / "experiments" / f"{n}.py") for n in ("digits_shift_blur", "shift_paper",
+                                                                                   "variants")]
+    for name in ("sd", "distdiff"):
+        flags = {next(e.flags for e in b.experiments if e.name == name) + b.expand_flags for b in specs}
+        assert len(flags) == 1
+
+
+def test_an_augmentation_row_is_trained_on_the_original_data_with_its_augment(tmp_path):
+    with pytest.raises(SpecError, match="augment 'nope' is none of"):
+        Augmentation("aa", "AutoAugment", "nope")
+    aa = Augmentation("aa", "AutoAugment", "autoaugment")
+    bench = Benchmark("b", "digits", (aa,), baseline="original")
+    argv = guide_job(Layout(bench, tmp_path), 2, aa).argv
+    assert argv[argv.index("--augment") + 1] == "autoaugment" and argv[argv.index("--seed") + 1] == "2"
+    assert guide_job(Layout(bench, tmp_path), 2, aa).name == "aa_seed2"
+    assert Layout(bench, tmp_path).runs(None, augment="autoaugment").name == "smallcnn_unpretrained_lr0.1_autoaugment"
+
+
+def _write_runs(folder, values):
+    for seed, (at_val, last10) in enumerate(values, start=1):
+        write_results(folder / f"seed{seed}" / "results.yaml", {"best_accuracy": at_val + 1, "val_selected_accuracy":
+                                                                at_val, "last10_accuracy": last10})
+
+
+def test_the_table_has_the_judge_and_speed_columns_and_blank_cells_where_nothing_was_measured(tmp_path):
+    bench = Benchmark("b", "digits-shift-blur", (Augmentation("aa", "AutoAugment", "autoaugment"),
+                                                 Experiment("sd", "SD img2img"), Experiment("dd", "DistDiff")),
+                      baseline="sd", replicates=(1, 2, 3), judge=True)
+    layout = Layout(bench, tmp_path)
+    _write_runs(layout.guide_runs(), [(80, 81), (82, 83), (84, 85)])
+    _write_runs(layout.runs(None, augment="autoaugment"), [(81, 81), (83, 83), (85, 85)])
+    _write_runs(layout.runs("sd"), [(90, 90), (90, 90), (90, 90)])
+    _write_runs(layout.runs("dd"), [(91, 90), (92, 90), (90, 90)])
+    layout.results.mkdir(parents=True)
+    judge = {"rows": [{"name": "yardstick: real train vs test", "fidelity_judge": 0.98, "copy_to_source": None},
+                      {"name": str(layout.expansion("sd", 1)), "fidelity_judge": 0.9, "copy_to_source": 0.25}]}
+    (layout.results / "gap_test.json").write_text(json.dumps(judge))
+    speed = {"sd": {"median_ratio": 1.0}, "dd": {"median_ratio": 0.614}}
+    lines = table(layout, {}, speed=speed).splitlines()
+    assert lines[0].endswith("| label fidelity, pool-trained judge (replicate 1) | copy→source distance (replicate 1) "
+                             "| images/s × SD img2img (median of rounds) |")
+    cells = [line.split(" | ") for line in lines[2:6]]
+    assert [c[1] for c in cells] == ["original", "aa", "sd", "dd"]
+    # dd vs sd at the best-val epoch: +1, +2, 0 -> +1.00, t(0.975, 2) x 1 / sqrt(3) = 2.48
+    assert cells[3][6] == "+1.00 [-1.48, +3.48] (n=3, MDE 3.26)" and cells[3][7].startswith("+0.00 [+0.00, +0.00]")
+    assert cells[0][-5:] == ["", "", "0.980", "", "– |"]  # the real train images: the judge's yardstick, no report
+    assert cells[1][-5:] == ["–", "–", "–", "–", "– |"]  # an augmentation row has no images to measure
+    assert cells[2][-5:] == ["", "", "0.900", "0.250", "1.00 |"]
+    assert cells[3][-5:] == ["", "", "", "", "0.61 |"]  # not in gap_test.json: blank, never a made-up value
+    with pytest.raises(UserError, match="the speed file has no 'dd'.*benchmarks/variants_speed.py --spec"):
+        table(layout, {}, speed={"sd": {"median_ratio": 1.0}})
+    assert "images/s" not in table(layout, {})  # no speed file: no cost column
 
 
 def test_replicate_r_is_guided_seeded_and_trained_by_r(tmp_path):
@@ -105,3 +183,9 @@ def test_compare_py_names_a_missing_spec(tmp_path):
 
     with pytest.raises(SystemExit, match=r"^compare.py: error: .*none.py not found; pass a spec file"):
         compare.main(compare.parse_args([str(tmp_path / "none.py")]))
+    spec = str(REPO / "scripts" / "experiments" / "shift_paper.py")
+    with pytest.raises(SystemExit, match=r"^compare.py: error: unknown dataset 'nope'; choose one of"):
+        compare.main(compare.parse_args([spec, "--dataset", "nope"]))
+    with pytest.raises(SystemExit, match=r"--speed .*none.json not found; make it with `python "
+                                         r"benchmarks/variants_speed.py --spec .*shift_paper.py"):
+        compare.main(compare.parse_args([spec, "--speed", str(tmp_path / "none.json")]))

@@ -20,19 +20,22 @@ def test_every_variant_runs_once_per_round_in_an_order_reversed_every_other_roun
                     (2, "v_sd"), (2, "v_paper"), (2, "v_direct_p2")]
 
 
-def test_ratios_are_to_sd_in_the_same_round_and_the_median_is_over_rounds():
-    result = bench.ratios_to_sd({"v_sd": [2.0, 1.0, 4.0], "v_paper": [1.0, 0.9, 2.0]})
-    assert result["v_sd"]["median_ratio"] == 1.0
+def test_ratios_are_to_the_baseline_in_the_same_round_and_the_median_is_over_rounds():
+    result = bench.ratios_to({"sd": [2.0, 1.0, 4.0], "v_paper": [1.0, 0.9, 2.0]}, "sd")
+    assert result["sd"]["median_ratio"] == 1.0
     assert result["v_paper"]["ratios"] == pytest.approx([0.5, 0.9, 0.5])
     assert result["v_paper"]["median_ratio"] == pytest.approx(0.5)
     assert result["v_paper"]["rates"] == [1.0, 0.9, 2.0]
 
 
-def test_every_variant_of_the_comparison_grid_is_benchmarked():
-    from scripts.variants_table import GRID, benchmark_exp
-
-    for direct in ("v_direct_p2", "v_direct_p5_linear"):  # direct + selection takes the direct setting chosen on val
-        assert set(bench.VARIANTS) >= {benchmark_exp(exp, {"direct": direct}) for exp in GRID}
-    # + the second direct + selection, + the energy log's cost with and without guidance
-    assert len(bench.VARIANTS) == len(GRID) + 3
-    assert bench.VARIANTS["v_paper_no_energy_log"] == ["--no_energy_log"]
+def test_every_expansion_of_the_spec_is_benchmarked_with_its_flags():
+    spec = SCRIPT.parents[1] / "scripts" / "experiments" / "variants.py"
+    variants, baseline = bench.spec_variants(spec, ["sd", "distdiff"])
+    assert baseline == "sd" and variants["sd"] == ["--guidance", "none"] and variants["distdiff"] == []
+    # every grid setting, named as compare.py names its folder: 2 rows + 4 + 2 + 2 + 2 settings + 2 energy-log variants
+    assert len(variants) == 2 + 4 + 2 + 2 + 2 + 2
+    assert variants["direct_p5_linear"] == ["--guidance", "direct", "--guidance_period", "5", "--rho_schedule",
+                                            "linear"]
+    assert variants["distdiff_no_energy_log"] == ["--no_energy_log"]
+    with pytest.raises(SystemExit, match="--no_energy_log_of nope is none of"):
+        bench.spec_variants(spec, ["nope"])

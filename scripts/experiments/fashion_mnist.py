@@ -5,6 +5,6 @@
 
 from rows import ROWS
 
-from distdiff.jobs.compare import Benchmark
+from distdiff.jobs.spec import Benchmark
 
 BENCHMARK = Benchmark(name="replicates", dataset="fashion-mnist", experiments=ROWS, baseline="sd")

@@ -43,6 +43,8 @@ AUTHORS_GUIDE_SIZE = 224
 Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (x0 latents [B,C,h,w], normalize) -> (E scalar, D_c [B], D_g [B]) of the decoded images.
 ImageEnergy = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (latents [B,C,h,w]) -> (the guide's logits [B,K], its L2-normalised features [B,D]) of their decodings.
+Classify = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def energy(features: torch.Tensor, class_protos: torch.Tensor, group_protos: torch.Tensor,
@@ -113,6 +115,12 @@ class GuideEnergy:
         return energy(features, self.class_protos[labels], self.group_protos[labels], self.group_mask[labels],
                       gs=self.gs, ls=self.ls, normalize=normalize)
 
+    def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's logits [B,K] and L2-normalised pooled features [B,D] of decoded images [B,3,H,W] in [-1,1]."""
+        x = guide_preprocess(images, image_size=self.image_size, mean=self.mean, std=self.std, raw=self.raw_input)
+        x = x.to(self.device, self.dtype)
+        return self.model(x).float(), F.normalize(self.model.features(x).float(), dim=1)
+
     def class_probability(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The guide's softmax probability [B] of each image's class `labels` [B], decoded images [B,3,H,W] in [-1,1]."""
         x = guide_preprocess(images, image_size=self.image_size, mean=self.mean, std=self.std, raw=self.raw_input)
@@ -136,6 +144,10 @@ class StepContext:
     denoise: Denoise  # one CFG + DDIM step on this batch
     image_energy: ImageEnergy | None  # decode + guide + energy on this batch (None without a guide)
     generators: Sequence[torch.Generator]  # one per image
+    # decode + the guide's (logits [B,K], L2-normalised features [B,D]) on this batch (None without a guide)
+    classify: Classify | None = None
+    source_probs: torch.Tensor | None = None  # the guide's softmax [B,K] on each image's source (None: unknown)
+    groups: torch.Tensor | None = None  # [B]: images with the same value are copies of one source
 
 
 @dataclass
@@ -173,9 +185,9 @@ class Guidance:
         """z_{t-1} in place of the sampler's step from z_t at `index`, or None."""
         return None
 
-    def final_latents(self, latents: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """z_0 [B,C,h,w] as it should be decoded (e.g. a post-hoc latent perturbation)."""
-        return latents
+    def final_latents(self, latents: torch.Tensor, ctx: StepContext) -> GuidanceOutput:
+        """z_0 [B,C,h,w] as it should be decoded (e.g. a post-hoc latent perturbation), with per-image stats."""
+        return GuidanceOutput(latents)
 
 
 def typed_choice(owner: str, option: str, value: str | Enum, choices: type[Enum]) -> Enum:

@@ -176,7 +176,11 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
             for observer in observers:
                 observer.on_step(index, latents, x0)
         if guidance is not None:
-            latents = guidance.final_latents(latents, ctx)
+            final = guidance.final_latents(latents, ctx)
+            if final.stats:  # a perturbation after the last step (GIF-SD) is a guided step of its own
+                for observer in observers:
+                    observer.on_guided(num_inference_steps, final)
+            latents = final.latents
         decoded = decode_latents(self, latents)
         for observer in observers:
             observer.on_end(latents, decoded)

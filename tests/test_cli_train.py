@@ -12,7 +12,7 @@ from PIL import Image
 import expand
 import train_expand
 import train_original
-from distdiff.jobs import expand as expand_run
+from distdiff.jobs import expand_config
 from distdiff.models.classifiers import load_classifier
 from distdiff.data.datasets import holdout
 from distdiff.data.registry import load_dataset
@@ -61,8 +61,8 @@ def test_print_checkpoint_names_the_file_training_writes_and_expand_reads(tmp_pa
     assert not Path(printed).exists()  # printing trains nothing
     train_original.main(train_original.parse_args(guide))
     assert Path(printed).is_file()
-    config = expand_run.resolve_paths(expand.parse_config(["-d", "digits", "--model", str(tmp_path)]))
-    assert config.guide_checkpoint == printed  # expand.py's default guide is that very file
+    job = expand_config.resolve(expand.parse_config(["-d", "digits", "--model", str(tmp_path)]))
+    assert job.guide_checkpoint == printed  # expand.py's default guide is that very file
 
 
 def test_bad_positional_arguments_give_clear_errors(capsys):

@@ -15,6 +15,7 @@ import pytest
 
 import expand
 from distdiff.jobs import expand as expand_run
+from distdiff.jobs import expand_config
 from distdiff.data import fashion_mnist
 from distdiff.data import registry
 from distdiff.data.datasets import DatasetError
@@ -211,7 +212,8 @@ def test_expand_without_the_default_model_stops_with_one_line_naming_it(tmp_path
     assert Path(spec.sd_model).is_absolute() and Path(spec.sd_model).parts[-2:] == ("checkpoint", "tiny-sd-fashion")
     absent = tmp_path / "checkpoint" / "tiny-sd-fashion"
     monkeypatch.setitem(registry.DATASETS, "fashion-mnist", replace(spec, sd_model=str(absent)))
-    config = expand.parse_config(["-d", "fashion-mnist"])
-    with pytest.raises(ExpansionError) as caught:
-        expand_run.resolve_paths(config)
+    job = expand_config.resolve(expand.parse_config(["-d", "fashion-mnist", "--guidance", "none"]))
+    with pytest.raises(ExpansionError) as caught:  # the loader's check, the registry's remedy
+        expand_run.load_model(job, "cpu")
     assert str(absent) in str(caught.value) and "--model" in str(caught.value) and "\n" not in str(caught.value)
+    assert "train it with `python scripts/train_tiny_sd.py --dataset fashion-mnist`" in str(caught.value)

@@ -379,13 +379,12 @@ def test_transform_options_are_checked_and_reach_the_hook():
     with pytest.raises(OptionError, match="^TransformGuidance: iterations must be at least 1, got 0.$"):
         TransformGuidance(iterations=0)
     import expand
-    from distdiff.jobs import expand as expand_run
+    from distdiff.jobs import expand_config
 
     config = expand.parse_config(["-d", "digits", "--transform_init", "identity", "--transform_iters", "3"])
     assert (config.transform_init, config.transform_iters) == ("identity", 3)
-    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--transform_iters", "0"]))
     with pytest.raises(SettingError, match="^--transform_iters must be at least 1, got 0.$"):
-        expand_run.validate(config)
+        expand_config.resolve(expand.parse_config(["-d", "digits", "--transform_iters", "0"]))
 
 
 def test_identity_init_reaches_the_sampler_end_to_end(tmp_path, tiny_sd_dir, digits_guide_checkpoint):
@@ -450,14 +449,16 @@ def test_direct_guidance_scales_rho_by_its_schedule_at_each_guided_step(schedule
         DirectGuidance(rho_schedule="step")
 
 
-def test_rho_schedule_reaches_the_sampler_from_the_flag_and_is_refused_without_direct_guidance():
+def test_rho_schedule_reaches_the_sampler_from_the_flag_and_is_refused_without_direct_guidance(
+        digits_guide_checkpoint):
     import expand
-    from distdiff.jobs import expand as expand_job
+    from distdiff.jobs import expand_config
+    from distdiff.runs.expansion import ExpansionError
+    from distdiff.runs.recipe import recipe_params
 
-    config = expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--guidance", "direct",
-                                                                    "--rho_schedule", "linear"]))
-    assert config.guidance_method() == DirectGuidance(rho_schedule="linear")
-    assert config.generation_params(resolution=32, dtype="float32")["rho_schedule"] == "linear"
-    with pytest.raises(expand_job.expansion.ExpansionError, match="--rho_schedule linear is an option of --guidance direct; add --guidance direct"):
-        expand_job.validate(expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--rho_schedule",
-                                                                                    "linear"])))
+    job = expand_config.resolve(expand.parse_config(["-d", "digits", "--guidance", "direct", "--rho_schedule", "linear",
+                                                     "--guide_checkpoint", str(digits_guide_checkpoint)]))
+    assert job.guidance == DirectGuidance(rho_schedule="linear")
+    assert recipe_params(job.recipe(resolution=32, dtype="float32"))["rho_schedule"] == "linear"
+    with pytest.raises(ExpansionError, match="--rho_schedule linear is an option of --guidance direct; add --guidance direct"):
+        expand_config.resolve(expand.parse_config(["-d", "digits", "--rho_schedule", "linear"]))

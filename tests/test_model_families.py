@@ -15,7 +15,7 @@ from distdiff.method.guidance import GuideEnergy
 from distdiff.pipelines.distdiff_img2img import from_components
 from distdiff.pipelines.sampling import encode_prompts, make_generators
 from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
-from distdiff.pipelines.loading import ModelLoadError
+from distdiff.pipelines.loading import MissingModelError, ModelLoadError
 from distdiff.tiny_sd.model import SCHEDULER_CONFIG, build_tiny_sd, save_components
 
 PROMPTS = [f"a photo of the digit {d}." for d in range(10)]
@@ -173,6 +173,17 @@ def test_a_missing_weights_file_is_named(tiny_sd_dir, tmp_path):
     with pytest.raises(ModelLoadError, match=rf"^{folder / 'unet'} holds no weights file"):
         load_stable_diffusion(str(folder), precision="fp32", local_files_only=True)
 
+
+
+def test_a_local_path_with_no_folder_is_said_to_be_missing(tmp_path):
+    """A path, not a hub id: one line saying so, not diffusers' failed lookup of it as an id."""
+    absent, file = tmp_path / "absent", tmp_path / "model.safetensors"
+    file.touch()
+    for model, what in ((str(absent), "does not exist"), (str(file), "is a file, not a folder"),
+                        ("./absent/sd", "does not exist")):
+        with pytest.raises(MissingModelError) as info:
+            load_stable_diffusion(model, precision="fp32", local_files_only=True)
+        assert str(info.value).startswith(f"--model {model} {what}; ") and "\n" not in str(info.value)
 
 def test_expand_names_a_truncated_unet(tiny_sd_dir, tmp_path):
     folder = shutil.copytree(tiny_sd_dir, tmp_path / "model")

@@ -7,15 +7,24 @@ from enum import Enum
 import pytest
 
 import expand
-from distdiff.jobs import expand as expand_job
+from distdiff.jobs import expand_config
 from distdiff.method.guidance import Guidance
 from distdiff.runs.expansion import RUN_CONFIG, ExpansionError, ensure_run_config
 from distdiff.runs.recipe import Recipe, RecipeError, recipe_defaults, recipe_params
 
 
-def _recipe(*flags) -> Recipe:
-    config = expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", "--model", "m", *flags]))
-    return config.recipe(resolution=32, dtype="float32")
+@pytest.fixture(scope="module")
+def make_recipe(tmp_path_factory):
+    """The recipe expand.py makes from its flags, for digits with --model m and a guide file (resolve only checks
+    that the guide exists; nothing here reads it)."""
+    guide = tmp_path_factory.mktemp("guide") / "model_best.pth.tar"
+    guide.touch()
+
+    def make(*flags) -> Recipe:
+        flags = ["-d", "digits", "--model", "m", "--guide_checkpoint", str(guide), *flags]
+        return expand_config.resolve(expand.parse_config(flags)).recipe(resolution=32, dtype="float32")
+
+    return make
 
 
 def _leaves(obj, path=()):
@@ -36,8 +45,6 @@ def _changed(value):
         return not value
     if isinstance(value, (int, float)):
         return value + 1
-    if value is None:
-        return "/elsewhere/model_best.pth.tar"
     return value + "_other"
 
 
@@ -51,8 +58,8 @@ GUIDANCES = [["--guidance", "transform"], ["--guidance", "direct"], ["--guidance
 
 
 @pytest.mark.parametrize("flags", GUIDANCES)
-def test_every_field_of_the_recipe_reaches_expand_config_json(tmp_path, flags):
-    recipe = _recipe(*flags)
+def test_every_field_of_the_recipe_reaches_expand_config_json(tmp_path, flags, make_recipe):
+    recipe = make_recipe(*flags)
     ensure_run_config(tmp_path, recipe_params(recipe))
     stored = json.loads((tmp_path / RUN_CONFIG).read_text())
     leaves = list(_leaves(recipe))
@@ -65,8 +72,8 @@ def test_every_field_of_the_recipe_reaches_expand_config_json(tmp_path, flags):
 
 
 @pytest.mark.parametrize("flags", GUIDANCES)
-def test_changing_any_field_refuses_to_resume_the_folder(tmp_path, flags):
-    recipe = _recipe(*flags)
+def test_changing_any_field_refuses_to_resume_the_folder(tmp_path, flags, make_recipe):
+    recipe = make_recipe(*flags)
     ensure_run_config(tmp_path, recipe_params(recipe))
     ensure_run_config(tmp_path, recipe_params(recipe))  # the same recipe resumes
     leaves = list(_leaves(recipe))
@@ -78,7 +85,7 @@ def test_changing_any_field_refuses_to_resume_the_folder(tmp_path, flags):
         key = item.metadata.get("param", item.name)
         with pytest.raises(ExpansionError, match=f"'{key}'"):
             ensure_run_config(tmp_path, recipe_params(changed))
-    other = _recipe("--guidance", "direct" if flags[1] != "direct" else "transform")
+    other = make_recipe("--guidance", "direct" if flags[1] != "direct" else "transform")
     with pytest.raises(ExpansionError, match="'guidance'"):
         ensure_run_config(tmp_path, recipe_params(other))
 
@@ -99,36 +106,38 @@ def _ensure(folder, recipe):
 
 
 @pytest.mark.parametrize("guidance", ["transform", "direct", "none"])
-def test_a_folder_written_before_the_recipe_still_resumes(tmp_path, guidance):
-    (tmp_path / RUN_CONFIG).write_text(json.dumps({**OLD_CONFIG, "guidance": guidance}))
-    _ensure(tmp_path, _recipe("--guidance", guidance))
+def test_a_folder_written_before_the_recipe_still_resumes(tmp_path, guidance, make_recipe):
+    recipe = make_recipe("--guidance", guidance)
+    old = {**OLD_CONFIG, "guidance": guidance, "guide_checkpoint": recipe.guide_checkpoint}  # this test's guide
+    (tmp_path / RUN_CONFIG).write_text(json.dumps(old))
+    _ensure(tmp_path, recipe)
     # older still: before --start_index, --candidates and the transform options existed (their defaults count)
-    older = {k: v for k, v in OLD_CONFIG.items() if k not in ("candidates", "select", "transform_init", "start_index",
-                                                             "transform_iters", "transform_resolution", "rho_schedule")}
-    (tmp_path / RUN_CONFIG).write_text(json.dumps({**older, "guidance": guidance}))
-    _ensure(tmp_path, _recipe("--guidance", guidance))
+    older = {k: v for k, v in old.items() if k not in ("candidates", "select", "transform_init", "start_index",
+                                                        "transform_iters", "transform_resolution", "rho_schedule")}
+    (tmp_path / RUN_CONFIG).write_text(json.dumps(older))
+    _ensure(tmp_path, make_recipe("--guidance", guidance))
     if guidance != "none":  # an option set away from its default is not what the old folder was made with
         flag = ["--transform_iters", "2"] if guidance == "transform" else ["--rho_schedule", "linear"]
         with pytest.raises(ExpansionError, match="'transform_iters'" if guidance == "transform" else "'rho_schedule'"):
-            _ensure(tmp_path, _recipe("--guidance", guidance, *flag))
+            _ensure(tmp_path, make_recipe("--guidance", guidance, *flag))
         with pytest.raises(ExpansionError, match="'rho'"):
-            _ensure(tmp_path, _recipe("--guidance", guidance, "--rho", "5"))
+            _ensure(tmp_path, make_recipe("--guidance", guidance, "--rho", "5"))
 
 
-def test_the_defaults_an_old_folder_counts_are_each_options_own():
-    defaults = recipe_defaults(_recipe())
+def test_the_defaults_an_old_folder_counts_are_each_options_own(make_recipe):
+    defaults = recipe_defaults(make_recipe())
     assert {k: defaults[k] for k in ("start_index", "transform_init", "transform_iters", "transform_resolution",
                                      "candidates", "select")} == {
         "start_index": "diffusers", "transform_init": "random", "transform_iters": 1, "transform_resolution": 1,
         "candidates": 1, "select": "energy"}
-    assert recipe_defaults(_recipe("--guidance", "direct"))["rho_schedule"] == "constant"
+    assert recipe_defaults(make_recipe("--guidance", "direct"))["rho_schedule"] == "constant"
 
 
-def test_two_fields_recorded_under_one_key_are_refused():
+def test_two_fields_recorded_under_one_key_are_refused(make_recipe):
     @dataclasses.dataclass(frozen=True)
     class Clashing(Guidance):
         name = "clash"
         size: int = dataclasses.field(default=3, metadata={"param": "resolution"})
 
     with pytest.raises(RecipeError, match="recorded as 'resolution'"):
-        recipe_params(dataclasses.replace(_recipe(), guidance=Clashing()))
+        recipe_params(dataclasses.replace(make_recipe(), guidance=Clashing()))

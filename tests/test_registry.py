@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import expand
-from distdiff.jobs import expand as expand_run
+from distdiff.jobs import expand_config
 from distdiff.data import registry
 from distdiff.data.datasets import DatasetError, LabeledImages, Sample
 from distdiff.training.experiment import RunConfig, image_settings
@@ -37,9 +37,9 @@ def test_new_dataset_is_one_entry_read_by_loading_training_and_expansion(toy, tm
     assert image_settings(flags) == (48, False)
     assert image_settings(replace(flags, image_size=64, flip=True)) == (64, True)
     monkeypatch.chdir(tmp_path)
-    config = expand_run.resolve_paths(expand.parse_config(["-d", "toy", "--guidance", "none"]))
-    assert config.model == toy.sd_model and config.guide_arch == "resnet18"
-    assert config.guide_checkpoint == str(Path("checkpoint/toy/resnet18_unpretrained_lr0.1/seed1/model_best.pth.tar"))
+    job = expand_config.resolve(expand.parse_config(["-d", "toy", "--guidance", "none"]))
+    assert job.model == toy.sd_model and job.guide_arch == "resnet18"
+    assert job.guide_checkpoint == str(Path("checkpoint/toy/resnet18_unpretrained_lr0.1/seed1/model_best.pth.tar"))
 
 
 def test_imagefolder_gets_the_paper_defaults(tmp_path):
@@ -67,15 +67,18 @@ def test_the_datasets_module_does_not_import_the_registry():
                            "'distdiff.utils.images']")
 
 
-def test_dataset_expansion_defaults_fill_unset_flags_only(monkeypatch):
+def test_dataset_expansion_defaults_fill_unset_flags_only(monkeypatch, tmp_path):
     """PathMNIST's paper settings (strength 0.2, M 10) come from its entry; an explicit flag wins; others keep 0.5 / 20."""
-    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "pathmnist"]))
-    assert (config.strength, config.guidance_step) == (0.2, 10)
-    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "pathmnist", "--strength", "0.35"]))
-    assert (config.strength, config.guidance_step) == (0.35, 10)
+    guide = tmp_path / "model_best.pth.tar"
+    guide.touch()  # resolve only checks that the guide exists
+
+    def strength_and_m(*flags):
+        job = expand_config.resolve(expand.parse_config([*flags, "--guide_checkpoint", str(guide)]))
+        return job.sampling.strength, job.guidance.guidance_step
+
+    assert strength_and_m("-d", "pathmnist") == (0.2, 10)
+    assert strength_and_m("-d", "pathmnist", "--strength", "0.35") == (0.35, 10)
     monkeypatch.setitem(registry.DATASETS, "toy", DatasetSpec(toy_loader, expand_defaults={"guidance_step": 15}))
-    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "toy"]))
-    assert (config.strength, config.guidance_step) == (0.5, 15)
-    config = expand_run.apply_dataset_defaults(expand.parse_config(["-d", "digits"]))
-    assert (config.strength, config.guidance_step) == (0.5, 20)
+    assert strength_and_m("-d", "toy") == (0.5, 15)
+    assert strength_and_m("-d", "digits") == (0.5, 20)
     assert registry.dataset_spec("pathmnist").prompt.format("debris") == "a colon pathological image of debris."

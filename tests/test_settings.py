@@ -5,7 +5,7 @@ import math
 import pytest
 
 import expand
-from distdiff.jobs import expand as expand_job
+from distdiff.jobs import expand_config
 from distdiff.method.direct import DirectGuidance
 from distdiff.method.transform import TransformGuidance
 from distdiff.pipelines.sampling import img2img_start_index
@@ -20,7 +20,7 @@ def test_every_setting_refuses_nan_and_inf(name, value):
 
 
 def _validate(*flags):
-    expand_job.validate(expand_job.apply_dataset_defaults(expand.parse_config(["-d", "digits", *flags])))
+    expand_config.resolve(expand.parse_config(["-d", "digits", *flags]))
 
 
 def test_a_method_says_its_options_in_its_terms_and_expand_py_in_its_flags():

@@ -3,8 +3,9 @@
 The components are loaded one by one with diffusers/transformers (`X.from_pretrained(model,
 subfolder=...)`, the same call for a hub id and a local folder). SD 1.x (epsilon prediction) and
 SD 2.x (v-prediction) work; other pipelines (SDXL, inpainting, upscalers) are refused before any
-weights load, and a damaged file of a local folder is named (ModelLoadError) instead of reported
-as a missing model.
+weights load, a local path with no folder is said to be missing (MissingModelError) instead of
+failing as a malformed hub id, and a damaged file of a local folder is named (ModelLoadError)
+instead of reported as a missing model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from distdiff.errors import UserError
 
 class ModelLoadError(UserError, OSError):
     """--model cannot be loaded or driven; also an OSError (errno None), as diffusers reports a missing model."""
+
+
+class MissingModelError(ModelLoadError):
+    """--model is a local path with no folder there."""
 
 
 # Pipelines whose components this sampler drives (SD 1.x: epsilon prediction, SD 2.x: v-prediction or epsilon).
@@ -93,6 +98,19 @@ def damaged_file_message(folder: Path, component: str) -> str | None:
     return None
 
 
+def is_local_path(model: str) -> bool:
+    """Whether `model` can only be a local path, never a hub id (`name` or `org/name`, starting with a letter or
+    digit): absolute, starting with a dot, or more than two names deep."""
+    return Path(model).is_absolute() or model.startswith(".") or model.count("/") > 1
+
+
+def check_model_exists(model: str) -> None:
+    """Refuse a local path with no folder there; diffusers would take it for a hub id and fail on the id's form."""
+    if is_local_path(model) and not Path(model).is_dir():
+        what = "is a file, not a folder" if Path(model).exists() else "does not exist"
+        raise MissingModelError(f"--model {model} {what}; give a diffusers Stable Diffusion folder or a hub id.")
+
+
 def check_model_family(model: str, hub: dict) -> None:
     """Refuse pipelines this sampler cannot drive (SDXL, inpainting, upscalers) and a local folder missing a
     component's subfolder, before any weights load."""
@@ -126,11 +144,13 @@ def load_components(model: str, *, dtype: torch.dtype, local_files_only: bool = 
 
     A hub id is downloaded into the Hugging Face cache when it is not cached and the hub is
     reachable; `local_files_only=True` (or HF_HUB_OFFLINE=1) forbids that and uses the cache only.
-    Raises ModelLoadError for another model family, a damaged file of a local folder (named), or
-    a model that is neither a folder nor a loadable hub id.
+    Raises MissingModelError for a local path with no folder, ModelLoadError for another model
+    family, a damaged file of a local folder (named), or a model that is neither a folder nor a
+    loadable hub id.
     """
     hub = {"local_files_only": local_files_only}
     components = {}
+    check_model_exists(model)
     try:
         check_model_family(model, hub)
         for name, load in COMPONENT_LOADERS.items():

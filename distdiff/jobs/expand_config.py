@@ -1,0 +1,336 @@
+"""expand.py's flags (ExpandConfig) and the one step that turns them into a job with every value decided (ExpandJob).
+
+A flag left unset means "the dataset's registry entry decides" (model, guide, strength, M) or
+"derived" (output and cache folders); `resolve` fills each in, checks every value (naming the
+flag and the fix) and builds the guidance method once. distdiff.jobs.expand runs the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from distdiff.cli import add_threads_argument
+from distdiff.data.registry import dataset_spec
+from distdiff.data.datasets import dataset_slug
+from distdiff.method.direct import RhoSchedule
+from distdiff.method.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, Guidance
+from distdiff.method.methods import GUIDANCE_METHODS
+from distdiff.method.observers import SELECTION_SCORES
+from distdiff.method.prototypes import CLUSTERING_METHODS, DEFAULT_K
+from distdiff.method.transform import TransformInit
+from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, SOURCE_CROPS, START_INDEX,
+                                         START_INDEX_FORMULAS, STEPS, STRENGTH, SamplingConfig, img2img_start_index)
+from distdiff.report.feature_spaces import add_feature_space_argument, chosen_spaces, requested_spaces
+from distdiff.runs.expansion import ExpansionError, global_shard
+from distdiff.runs.recipe import EnergyTerms, Recipe, Selection
+from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
+from distdiff.utils.settings import RULES, OptionError, SettingError, check_settings
+
+GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",
+            "transform_guidance": "transform", "direct_guidance": "direct"}  # the authors' --guidance_type values
+EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd"}
+# The authors' --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
+OPTIMIZE_TARGETS = {"global_prototype-local_prototype": (True, True), "global_prototype": (True, False),
+                    "local_prototype": (False, True)}
+# expand.py flag (ExpandConfig field) -> the guidance method's option it sets: "*" for every method's, then each
+# method's own (--no_transform_feature_norm sets transform's `normalize` to its negation).
+GUIDANCE_FLAGS = {"*": {"guidance_step": "guidance_step", "guidance_period": "period", "rho": "rho"},
+                  "transform": {"constraint_value": "eps", "transform_init": "init", "transform_iters": "iterations",
+                                "transform_resolution": "resolution"},
+                  "direct": {"rho_schedule": "rho_schedule"}}
+# How an option is named to the user of expand.py: its flag.
+OPTION_FLAGS = {option: f"--{flag}" for flags in GUIDANCE_FLAGS.values() for flag, option in flags.items()} | {
+    "normalize": "--no_transform_feature_norm", "steps": "--steps", "strength": "--strength"}
+# Flags whose default depends on the dataset (its registry entry's expand_defaults), with the paper's general value.
+DATASET_DEPENDENT = {"strength": STRENGTH, "guidance_step": GUIDANCE_STEP}
+NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
+SEED = 42  # the authors' generate_data.py default
+BATCH_SIZE = 1  # the authors' expand_diff.sh (--train_batch_size 1); raise it on a large GPU
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    """One expansion job as the user asked for it: expand.py's flags, with the paper's defaults
+    (docs/METHOD.md#defaults).
+
+    None means "the dataset's registry entry decides" (model, guide, strength, M) or "derived"
+    (output and cache folders); `resolve` decides them and returns an ExpandJob.
+    """
+
+    dataset: str
+    model: str | None = None  # the registry's: SD v1.4, the embedded tiny SDs for digits / fashion-mnist
+    guide_arch: str | None = None  # the registry's: resnet50, smallcnn for the small datasets
+    guide_checkpoint: str | None = None  # what `train_original.py DATASET ARCH 0.1 False 0` writes
+    output_dir: str | None = None  # expanded/<dataset>/<distdiff|sd|distdiff_direct>_<N>x
+    num_images_per_prompt: int = NUM_IMAGES_PER_PROMPT  # the paper's 5x
+    strength: float | None = None  # STRENGTH (0.5), or the dataset's paper value (PathMNIST: 0.2)
+    steps: int = STEPS  # DDIM 50: the paper, generate_data.py
+    guidance_scale: float = GUIDANCE_SCALE  # CFG 7.5: expand_diff.sh
+    guidance_step: int | None = None  # M: GUIDANCE_STEP (20), or the dataset's paper value (PathMNIST: 10)
+    guidance_period: int = GUIDANCE_PERIOD  # 2: the paper's ablation, expand_diff.sh
+    rho: float = RHO  # 10: the paper's rho ablation
+    constraint_value: float = EPS  # eps 0.2: expand_diff.sh
+    K: int = DEFAULT_K  # group prototypes per class: the paper's K ablation
+    cluster: str = "kmeans"  # the paper's k-means (the authors' code: agglomerative)
+    gs: float = GS  # 1: expand_diff.sh
+    ls: float = LS  # 1: expand_diff.sh
+    optimize_targets: str = "global_prototype-local_prototype"  # both levels: the paper's default
+    guidance: str = "transform"  # DistDiff; "direct" (ablation) or "none" (plain SD img2img)
+    transform_init: str = "random"  # the paper's draw; "identity" is an option of ours
+    transform_iters: int = 1  # the paper's single step; more is an option of ours
+    transform_resolution: int = 1  # the paper's per-channel transform; R x R is an option of ours
+    rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
+    candidates: int = 1  # the paper makes each image once; best of k by the guide is an option of ours
+    select: str = "energy"  # how candidates are scored: SELECTION_SCORES
+    no_transform_feature_norm: bool = False  # True: as the authors' code, no L2 norm inside transform guidance
+    raw_guide_input: bool = False  # True: the authors' guide input exactly
+    start_index: str = START_INDEX  # diffusers' img2img start index
+    local_files_only: bool = False
+    batch_size: int = BATCH_SIZE  # 1: expand_diff.sh
+    precision: str = PRECISION  # fp16: generate_data.py (fp32 forced on CPU)
+    gradient_checkpointing: bool = False
+    seed: int = SEED  # 42: generate_data.py
+    split: int = 0
+    total_split: int = 1
+    max_source_images: int | None = None
+    data_root: str = "data"
+    resolution: int | None = None  # the model's (512 for SD v1.4)
+    crop: str = "center"
+    cache_dir: str | None = None  # <data_root>/latent_cache
+    no_energy_log: bool = False
+    no_report: bool = False
+    feature_space: tuple[str, ...] | None = None  # the report's spaces (None: every one available)
+    inception_weights: str | None = None
+    num_threads: int | None = None
+
+    @property
+    def method(self) -> str:
+        """The guidance method: transform, direct or none (the authors' --guidance_type names mapped)."""
+        return GUIDANCE[self.guidance]
+
+
+def add_expand_arguments(p: argparse.ArgumentParser) -> None:
+    """expand.py's flags (the authors' names as aliases): one per ExpandConfig field, with its default."""
+    D = ExpandConfig
+    p.add_argument("-d", "--dataset", required=True, help="digits, imagefolder:PATH or a registered dataset")
+    p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", default=None,
+                   help="SD hub id or local diffusers folder (default: the dataset's registry entry, "
+                        "distdiff/data/registry.py: SD v1.4, the embedded tiny SD for digits)")
+    p.add_argument("-a", "--guide_arch", "--arch", dest="guide_arch", default=None,
+                   help="guide architecture (default: the dataset's registry entry: resnet50, smallcnn for digits)")
+    p.add_argument("--guide_checkpoint", "--encoder_weight_path", dest="guide_checkpoint", default=None,
+                   help="guide model_best.pth.tar (default: what `train_original.py DATASET ARCH 0.1 False 0` "
+                        "writes; that command with --print_checkpoint prints it)")
+    p.add_argument("--output_dir", default=None, help="default: expanded/<dataset>/<distdiff|sd|...>_<N>x")
+    p.add_argument("--num_images_per_prompt", type=int, default=D.num_images_per_prompt, help="copies per image")
+    p.add_argument("--strength", type=float, default=None,
+                   help=f"img2img strength in (0, 1] (default: {STRENGTH}; the dataset's paper value, e.g. 0.2 for pathmnist)")
+    p.add_argument("--steps", type=int, default=D.steps, help="DDIM steps T")
+    p.add_argument("--guidance_scale", type=float, default=D.guidance_scale, help="classifier-free guidance")
+    p.add_argument("--guidance_step", type=int, default=None,
+                   help=f"M: guide at schedule index T-M (default: {GUIDANCE_STEP}; the dataset's paper value, e.g. 10 "
+                        f"for pathmnist)")
+    p.add_argument("--guidance_period", type=int, default=D.guidance_period, help="look-ahead / guided steps")
+    p.add_argument("--rho", type=float, default=D.rho, help="guidance learning rate")
+    p.add_argument("--constraint_value", type=float, default=D.constraint_value, help="L-inf radius eps around z_t")
+    p.add_argument("--K", type=int, default=D.K, help="group prototypes per class")
+    p.add_argument("--cluster", choices=sorted(CLUSTERING_METHODS), default=D.cluster,
+                   help="grouping (default k-means; the authors' code: agglomerative)")
+    p.add_argument("--gs", type=float, default=D.gs, help="weight of the class energy D_c")
+    p.add_argument("--ls", type=float, default=D.ls, help="weight of the group energy D_g")
+    p.add_argument("--optimize_targets", choices=sorted(OPTIMIZE_TARGETS), default=D.optimize_targets,
+                   help="prototype levels in the energy (the authors' flag; one level sets the other weight to 0)")
+    p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default=D.guidance,
+                   help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
+    p.add_argument("--transform_init", choices=[c.value for c in TransformInit], default=D.transform_init,
+                   help="where transform guidance's per-channel (e, b) start: the paper's random draw, or the "
+                        "identity (an option of ours: no blind draw; docs/METHOD.md#transform-guidance)")
+    p.add_argument("--transform_iters", type=int, default=D.transform_iters,
+                   help="gradient steps on (e, b) at the guided step (the paper: 1; more is an option of ours)")
+    p.add_argument("--transform_resolution", type=int, default=D.transform_resolution,
+                   help="transform guidance's scale/bias: one per latent channel (1, the paper) or an R x R field "
+                        "per channel, nearest-upsampled to the latent (an option of ours)")
+    p.add_argument("--rho_schedule", choices=[c.value for c in RhoSchedule], default=D.rho_schedule,
+                   help="direct guidance's step size over its --guidance_period steps: the paper's constant rho, or "
+                        "rho decaying linearly / by a half cosine from rho toward 0 (options of ours; "
+                        "docs/METHOD.md#direct-guidance)")
+    p.add_argument("--candidates", type=int, default=D.candidates,
+                   help="make each image this many times (own seeds) and keep the best by --select (an option of "
+                        "ours, k times the sampling cost; also with --guidance none; docs/METHOD.md#selection)")
+    p.add_argument("--select", choices=sorted(SELECTION_SCORES), default=D.select,
+                   help="how --candidates are scored by the guide: energy gs*D_c + ls*D_g (lowest kept) or "
+                        "probability of the intended class (highest kept)")
+    p.add_argument("--no_transform_feature_norm", action="store_true",
+                   help="as the authors' code: do not L2-normalise the guide features inside transform guidance")
+    p.add_argument("--raw_guide_input", action="store_true",
+                   help="the authors' guide input exactly: the decoded [-1,1] image, no mean/std, resized bicubic "
+                        "(no antialias) to 224 px, instead of the prototypes' preprocessing")
+    p.add_argument("--start_index", choices=sorted(START_INDEX_FORMULAS), default=D.start_index,
+                   help="first img2img step: diffusers' T - int(T*s) or the authors' int((1-s)*T); "
+                        "they differ at s=0.8 and 0.9")
+    p.add_argument("--local_files_only", action="store_true",
+                   help="never download --model: a hub id must already be in the Hugging Face cache")
+    p.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=D.batch_size,
+                   help="images per sampling batch (sources and copies mixed)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default=D.precision, help="fp32 is forced on CPU")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="less memory for the guidance backward")
+    p.add_argument("--seed", type=int, default=D.seed, help="run seed; each image's seed hashes it with its name")
+    p.add_argument("--split", type=int, default=D.split, help="which of --total_split independent jobs this is")
+    p.add_argument("--total_split", type=int, default=D.total_split, help="number of independent jobs (e.g. one per GPU)")
+    p.add_argument("--max_source_images", type=int, default=None, help="expand only N source images (smoke runs)")
+    p.add_argument("--data_root", default=D.data_root, help="folder holding the datasets")
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's (512 for SD v1.4)")
+    p.add_argument("--crop", choices=sorted(SOURCE_CROPS), default=D.crop, help="source image to a square")
+    p.add_argument("--cache_dir", default=None, help="VAE latent cache (default: <data_root>/latent_cache)")
+    p.add_argument("--no_energy_log", action="store_true",
+                   help="skip measuring D_c/D_g for the manifest. Their cost per guided image: one extra "
+                        "classifier-free-guided UNet step (26 instead of the 25 sampler steps at the default "
+                        "strength 0.5 and 50 steps), two VAE decodes and three guide passes; per unguided image one "
+                        "guide pass (EnergyRecorder)")
+    p.add_argument("--no_report", action="store_true",
+                   help="skip writing OUT/report.html and OUT/report.json at the end (scripts/report.py rebuilds them)")
+    add_feature_space_argument(p)
+    p.add_argument("--inception_weights", default=None, metavar="FILE",
+                   help="local InceptionV3 weights (weights-inception-2015-12-05-6726825d.pth): the report measures "
+                        "FID/KID in Inception's features too")
+    add_threads_argument(p)
+
+
+@dataclass(frozen=True)
+class ExpandJob:
+    """One expansion job with every value decided: what `resolve` makes of the flags (ExpandConfig)."""
+
+    dataset: str
+    model: str  # hub id or local diffusers folder
+    model_is_default: bool  # --model not given: the dataset's registry entry named it (a missing one is trained)
+    guide_arch: str
+    guide_checkpoint: str  # --guide_checkpoint or what train_original.py writes; absent only where none is needed
+    check_arch: bool  # the user named -a, so the checkpoint must be of that architecture
+    output_dir: Path
+    cache_dir: Path  # the VAE latent cache
+    data_root: str
+    num_images_per_prompt: int
+    sampling: SamplingConfig
+    guidance: Guidance | None  # None: plain SD img2img
+    energy: EnergyTerms
+    selection: Selection
+    seed: int
+    resolution: int | None  # None: the model's own, known only once it is loaded
+    crop: str
+    precision: str
+    gradient_checkpointing: bool
+    local_files_only: bool
+    batch_size: int
+    split: int
+    total_split: int
+    max_source_images: int | None  # None: every source image
+    record_energy: bool
+    report: bool
+    report_spaces: list[str] | None  # the report's feature spaces; None: every one measurable here (or no report)
+    inception_weights: str | None  # None: no InceptionV3 weights file, so no Inception feature space
+    num_threads: int | None  # None: the scripts' shared default (distdiff.cli.configure_threads)
+
+    @property
+    def guide_weights(self) -> tuple[float, float]:
+        """(gs, ls) as the guide's energy applies them."""
+        return energy_weights(self.energy.optimize_targets, self.energy.gs, self.energy.ls)
+
+    def recipe(self, *, resolution: int, dtype: str) -> Recipe:
+        """What every image of OUT is made with (its seed aside), typed: distdiff/runs/recipe.py."""
+        guide = Path(self.guide_checkpoint)
+        return Recipe(dataset=self.dataset, model=self.model, resolution=resolution, crop=self.crop, dtype=dtype,
+                      sampling=self.sampling, guidance=self.guidance, energy=self.energy, selection=self.selection,
+                      seed=self.seed, guide_checkpoint=str(guide.resolve()) if guide.is_file() else None)
+
+
+def energy_weights(optimize_targets: str, gs: float, ls: float) -> tuple[float, float]:
+    """(gs, ls) with 0 for a prototype level that --optimize_targets leaves out of the energy."""
+    use_dc, use_dg = OPTIMIZE_TARGETS[optimize_targets]
+    return gs if use_dc else 0.0, ls if use_dg else 0.0
+
+
+def guidance_method(flags: ExpandConfig) -> Guidance | None:
+    """The guidance the pipeline runs, built from the flags (None for plain SD img2img); the method checks its
+    options and an OptionError is said with the flags' names."""
+    if flags.method == "none":
+        return None
+    options = {option: getattr(flags, flag) for flag, option in GUIDANCE_FLAGS["*"].items()}
+    options.update({option: getattr(flags, flag) for flag, option in GUIDANCE_FLAGS[flags.method].items()})
+    if flags.method == "transform":
+        options["normalize"] = not flags.no_transform_feature_norm
+    try:
+        return GUIDANCE_METHODS[flags.method](**options)
+    except OptionError as err:
+        raise SettingError(err.render(OPTION_FLAGS)) from err
+
+
+def validate(flags: ExpandConfig) -> Guidance | None:
+    """Reject flag values that cannot work, naming the flag and the fix (expand.py's own flags: distdiff.utils.settings;
+    a guidance method's: its constructor, said with the flags); returns the guidance method, checked.
+
+    `flags` has the dataset's defaults filled in: strength and M are checked against the schedule."""
+    check_settings(**{name: getattr(flags, name, None) for name in RULES})
+    for method, names in GUIDANCE_FLAGS.items():
+        for flag in names:
+            if method not in ("*", flags.method) and getattr(flags, flag) != getattr(ExpandConfig, flag):
+                raise ExpansionError(f"--{flag} {getattr(flags, flag)} is an option of --guidance {method}; "
+                                     f"add --guidance {method} or drop it.")
+    guidance = guidance_method(flags)
+    if guidance is not None:  # the guidance schedule flags are unused by plain SD
+        try:
+            guidance.check_schedule(steps=flags.steps,
+                                    start=img2img_start_index(flags.steps, flags.strength, flags.start_index))
+        except OptionError as err:
+            raise SettingError(err.render(OPTION_FLAGS)) from err
+    global_shard(flags.split, flags.total_split)  # refuses a --split outside [0, --total_split)
+    if guidance is not None and not any(w > 0 for w in energy_weights(flags.optimize_targets, flags.gs, flags.ls)):
+        raise ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
+                             "--optimize_targets); give one a positive weight, or use --guidance none.")
+    if not flags.no_report:  # a report space that cannot be measured is said before the expansion, not after it
+        chosen_spaces(requested_spaces(flags.feature_space), flags.inception_weights)
+    return guidance
+
+
+def guide_file(flags: ExpandConfig, guide_arch: str) -> str:
+    """--guide_checkpoint, else what `train_original.py DATASET ARCH 0.1 False 0` writes; a missing one is refused
+    where a guide is needed (guidance, --candidates, or a guide the user named)."""
+    default = guide_checkpoint(flags.dataset, guide_arch)
+    guide = flags.guide_checkpoint or str(default)
+    needs_guide = flags.method != "none" or flags.candidates > 1 or flags.guide_checkpoint is not None
+    if needs_guide and not Path(guide).is_file():
+        raise ExpansionError(f"guide checkpoint {guide} not found. Train the guide with `python train_original.py "
+                             f"{flags.dataset} {guide_arch} {GUIDE_LR:g} False 0` (writes {default}) "
+                             f"or pass --guide_checkpoint.")
+    return guide
+
+
+def resolve(config: ExpandConfig) -> ExpandJob:
+    """The flags' values -> the job: the dataset's defaults filled in, every value checked, the paths decided."""
+    spec = dataset_spec(config.dataset)
+    flags = replace(config, **{name: spec.expand_defaults.get(name, default)
+                               for name, default in DATASET_DEPENDENT.items() if getattr(config, name) is None})
+    guidance = validate(flags)
+    guide_arch = flags.guide_arch or spec.guide_arch
+    method_folder = f"{EXPERIMENT_NAMES[flags.method]}_{flags.num_images_per_prompt}x"
+    return ExpandJob(
+        dataset=flags.dataset, model=spec.sd_model if flags.model is None else flags.model,
+        model_is_default=flags.model is None, guide_arch=guide_arch, guide_checkpoint=guide_file(flags, guide_arch),
+        check_arch=flags.guide_arch is not None,
+        output_dir=Path(flags.output_dir or Path("expanded") / dataset_slug(flags.dataset) / method_folder),
+        cache_dir=Path(flags.cache_dir or Path(flags.data_root) / "latent_cache"), data_root=flags.data_root,
+        num_images_per_prompt=flags.num_images_per_prompt,
+        sampling=SamplingConfig(strength=flags.strength, num_inference_steps=flags.steps,
+                                guidance_scale=flags.guidance_scale, start_index=flags.start_index),
+        guidance=guidance,
+        energy=EnergyTerms(K=flags.K, cluster=flags.cluster, gs=flags.gs, ls=flags.ls,
+                           optimize_targets=flags.optimize_targets, raw_guide_input=flags.raw_guide_input),
+        selection=Selection(candidates=flags.candidates, select=flags.select), seed=flags.seed,
+        resolution=flags.resolution, crop=flags.crop, precision=flags.precision,
+        gradient_checkpointing=flags.gradient_checkpointing, local_files_only=flags.local_files_only,
+        batch_size=flags.batch_size, split=flags.split, total_split=flags.total_split,
+        max_source_images=flags.max_source_images, record_energy=not flags.no_energy_log, report=not flags.no_report,
+        report_spaces=requested_spaces(flags.feature_space) if not flags.no_report else None,
+        inception_weights=flags.inception_weights,
+        num_threads=flags.num_threads)

@@ -168,3 +168,42 @@ def test_the_method_checks_its_options_and_runs_as_the_final_hook():
     with pytest.raises(ValueError, match="GIF-SD needs the guide's predictions"):
         GifGuidance().final_latents(samples, StepContext(timesteps=torch.arange(3), denoise=None, image_energy=None,
                                                          generators=ctx.generators))
+
+
+def test_each_image_draws_its_own_prompt_variant_from_its_seed():
+    from distdiff.runs.expansion import WorkItem, class_prompt_table, prompt_rows
+
+    table, variants = class_prompt_table(GifGuidance(), ["a photo of the digit 0.", "a photo of the digit 1."],
+                                         ["0", "1"])
+    assert variants == 50 and len(table) == 100 and table[50:52] == ["an image of  1", "an image of colorful 1"]
+    assert class_prompt_table(None, ["p0", "p1"], ["0", "1"]) == (["p0", "p1"], 1)
+    items = [WorkItem(source_index=i, label=i % 2, class_name=str(i % 2), stem=f"s{i}", copy=0, seed=1000 + i)
+             for i in range(40)]
+    rows = prompt_rows(GifGuidance(), items, variants)
+    assert torch.equal(rows, prompt_rows(GifGuidance(), items[::-1], variants).flip(0))  # per image, not per batch
+    assert all(it.label * 50 <= r < it.label * 50 + 50 for it, r in zip(items, rows.tolist()))
+    assert len(set(rows.tolist())) > 20  # the variants differ between images
+    assert prompt_rows(None, items, 1).tolist() == [it.label for it in items]
+
+
+def test_expand_py_runs_gif_sd_records_its_options_and_refuses_the_others(tmp_path, tiny_sd_dir,
+                                                                          digits_guide_checkpoint):
+    import json
+
+    import expand
+    from distdiff.runs.manifest import MANIFEST
+
+    def argv(out, *extra, guidance="gif_sd"):
+        return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+                "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2",
+                "--num_images_per_prompt", "2", "--steps", "4", "--batch_size", "4", "--no_report", "--num_threads",
+                "1", "--guidance", guidance, *extra]
+
+    result = expand.main(expand.parse_args(argv(tmp_path / "gif")))
+    assert result["written"] == 4
+    records = [json.loads(line) for line in (tmp_path / "gif" / MANIFEST).read_text().splitlines()]
+    assert {r["params"]["guidance"] for r in records} == {"gif_sd"}
+    assert {(r["params"]["gif_eps"], r["params"]["gif_step_size"]) for r in records} == {(0.8, 0.1)}
+    assert all(0 <= r["eps_saturated"] <= 1 and r["D_c_final"] is not None for r in records)
+    with pytest.raises(SystemExit, match="--rho 5.0 is an option of --guidance transform or direct"):
+        expand.main(expand.parse_args(argv(tmp_path / "x", "--rho", "5")))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from distdiff.method.direct import DirectGuidance, direct_guidance
+from distdiff.method.gif import GifGuidance
 from distdiff.method.guidance import GuideEnergy, energy, guide_preprocess, project_linf
 from distdiff.method.records import STEP_KEYS, Record
 from distdiff.method.methods import GUIDANCE_METHODS
@@ -223,7 +224,7 @@ def test_hook_schedule_and_validation():
     direct = DirectGuidance(guidance_step=20, period=2)
     assert [i for i in range(50) if transform.applies_at(i, 50)] == [30]
     assert [i for i in range(50) if direct.applies_at(i, 50)] == [30, 31]
-    assert GUIDANCE_METHODS == {"transform": TransformGuidance, "direct": DirectGuidance}
+    assert GUIDANCE_METHODS == {"transform": TransformGuidance, "direct": DirectGuidance, "gif_sd": GifGuidance}
     with pytest.raises(OptionError, match=r"^TransformGuidance: period \(2\) cannot exceed guidance_step \(1\)"):
         TransformGuidance(guidance_step=1, period=2)
     # each method takes only its own options

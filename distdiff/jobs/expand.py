@@ -138,13 +138,16 @@ def make_images(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImage
     """Make this process's share of the images: (images written, seconds taken)."""
     cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=recipe.resolution, crop=job.crop,
                         precision=recipe.dtype)
-    prompts = encode_prompts(sd, [train.prompt(c) for c in range(len(train.classes))])
+    table, variants = expansion.class_prompt_table(job.guidance, [train.prompt(c) for c in range(len(train.classes))],
+                                                   train.classes)
+    prompts = encode_prompts(sd, table)
     begin = time.perf_counter()
     written = expansion.run_expansion(
         sd, train, work.items, out_dir=job.output_dir, prompts=prompts, cache=cache, params=params,
         sampling=job.sampling, guidance=job.guidance, guide=guide, batch_size=job.batch_size,
         record_energy=job.record_energy, progress=state.is_local_main_process, shard=work.shard,
-        num_shards=work.num_shards, candidates=job.selection.candidates, select=job.selection.select)
+        num_shards=work.num_shards, candidates=job.selection.candidates, select=job.selection.select,
+        prompt_variants=variants)
     return written, time.perf_counter() - begin
 
 

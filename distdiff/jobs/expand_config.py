@@ -28,21 +28,21 @@ from distdiff.runs.recipe import EnergyTerms, Recipe, Selection
 from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.utils.settings import RULES, OptionError, SettingError, check_settings
 
-GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none",
+GUIDANCE = {"transform": "transform", "direct": "direct", "none": "none", "gif_sd": "gif_sd",
             "transform_guidance": "transform", "direct_guidance": "direct"}  # the authors' --guidance_type values
-EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd"}
+EXPERIMENT_NAMES = {"transform": "distdiff", "direct": "distdiff_direct", "none": "sd", "gif_sd": "gif_sd"}
 # The authors' --optimize_targets: which prototype levels enter the energy, as (use D_c, use D_g).
 OPTIMIZE_TARGETS = {"global_prototype-local_prototype": (True, True), "global_prototype": (True, False),
                     "local_prototype": (False, True)}
-# expand.py flag (ExpandConfig field) -> the guidance method's option it sets: "*" for every method's, then each
-# method's own (--no_transform_feature_norm sets transform's `normalize` to its negation).
-GUIDANCE_FLAGS = {"*": {"guidance_step": "guidance_step", "guidance_period": "period", "rho": "rho"},
-                  "transform": {"constraint_value": "eps", "transform_init": "init", "transform_iters": "iterations",
-                                "transform_resolution": "resolution"},
-                  "direct": {"rho_schedule": "rho_schedule"}}
-# How an option is named to the user of expand.py: its flag.
-OPTION_FLAGS = {option: f"--{flag}" for flags in GUIDANCE_FLAGS.values() for flag, option in flags.items()} | {
-    "normalize": "--no_transform_feature_norm", "steps": "--steps", "strength": "--strength"}
+# expand.py flag (ExpandConfig field) -> the option it sets, per guidance method (--no_transform_feature_norm sets
+# transform's `normalize` to its negation). DistDiff's two methods share the guidance window (M, period, rho).
+WINDOW_FLAGS = {"guidance_step": "guidance_step", "guidance_period": "period", "rho": "rho"}
+GUIDANCE_FLAGS = {"transform": WINDOW_FLAGS | {"constraint_value": "eps", "transform_init": "init",
+                                               "transform_iters": "iterations", "transform_resolution": "resolution"},
+                  "direct": WINDOW_FLAGS | {"rho_schedule": "rho_schedule"},
+                  "gif_sd": {}}
+# Options every method's messages may name, besides its own flags.
+SAMPLER_FLAGS = {"steps": "--steps", "strength": "--strength"}
 # Flags whose default depends on the dataset (its registry entry's expand_defaults), with the paper's general value.
 DATASET_DEPENDENT = {"strength": STRENGTH, "guidance_step": GUIDANCE_STEP}
 NUM_IMAGES_PER_PROMPT = 5  # the paper's 5x expansion (docs/METHOD.md#defaults)
@@ -143,7 +143,8 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimize_targets", choices=sorted(OPTIMIZE_TARGETS), default=D.optimize_targets,
                    help="prototype levels in the energy (the authors' flag; one level sets the other weight to 0)")
     p.add_argument("--guidance", "--guidance_type", dest="guidance", choices=sorted(GUIDANCE), default=D.guidance,
-                   help="transform (DistDiff), direct (ablation) or none (plain SD img2img)")
+                   help="transform (DistDiff), direct (ablation), none (plain SD img2img) or gif_sd (the rival "
+                        "GIF-SD: a latent perturbation after sampling, scored by the guide; docs/METHOD.md)")
     p.add_argument("--transform_init", choices=[c.value for c in TransformInit], default=D.transform_init,
                    help="where transform guidance's per-channel (e, b) start: the paper's random draw, or the "
                         "identity (an option of ours: no blind draw; docs/METHOD.md#transform-guidance)")
@@ -256,14 +257,19 @@ def guidance_method(flags: ExpandConfig) -> Guidance | None:
     options and an OptionError is said with the flags' names."""
     if flags.method == "none":
         return None
-    options = {option: getattr(flags, flag) for flag, option in GUIDANCE_FLAGS["*"].items()}
-    options.update({option: getattr(flags, flag) for flag, option in GUIDANCE_FLAGS[flags.method].items()})
+    options = {option: getattr(flags, flag) for flag, option in GUIDANCE_FLAGS[flags.method].items()}
     if flags.method == "transform":
         options["normalize"] = not flags.no_transform_feature_norm
     try:
         return GUIDANCE_METHODS[flags.method](**options)
     except OptionError as err:
-        raise SettingError(err.render(OPTION_FLAGS)) from err
+        raise SettingError(err.render(option_flags(flags.method))) from err
+
+
+def option_flags(method: str) -> dict[str, str]:
+    """How `method`'s options are named to the user of expand.py: its flags."""
+    own = {option: f"--{flag}" for flag, option in GUIDANCE_FLAGS[method].items()}
+    return own | SAMPLER_FLAGS | ({"normalize": "--no_transform_feature_norm"} if method == "transform" else {})
 
 
 def validate(flags: ExpandConfig) -> Guidance | None:
@@ -272,20 +278,25 @@ def validate(flags: ExpandConfig) -> Guidance | None:
 
     `flags` has the dataset's defaults filled in: strength and M are checked against the schedule."""
     check_settings(**{name: getattr(flags, name, None) for name in RULES})
-    for method, names in GUIDANCE_FLAGS.items():
-        for flag in names:
-            if method not in ("*", flags.method) and getattr(flags, flag) != getattr(ExpandConfig, flag):
-                raise ExpansionError(f"--{flag} {getattr(flags, flag)} is an option of --guidance {method}; "
-                                     f"add --guidance {method} or drop it.")
+    mine = GUIDANCE_FLAGS.get(flags.method, {})
+    defaults = dataset_defaults(flags.dataset)
+    for flag in dict.fromkeys(f for names in GUIDANCE_FLAGS.values() for f in names):
+        if flags.method == "none" and flag in WINDOW_FLAGS:
+            continue  # plain SD img2img has always ignored the window, so one flag set serves every compared method
+        if flag not in mine and getattr(flags, flag) != defaults.get(flag, getattr(ExpandConfig, flag)):
+            owners = " or ".join(m for m, names in GUIDANCE_FLAGS.items() if flag in names)
+            raise ExpansionError(f"--{flag} {getattr(flags, flag)} is an option of --guidance {owners}; "
+                                 f"add --guidance {owners.split(' or ')[0]} or drop it.")
     guidance = guidance_method(flags)
     if guidance is not None:  # the guidance schedule flags are unused by plain SD
         try:
             guidance.check_schedule(steps=flags.steps,
                                     start=img2img_start_index(flags.steps, flags.strength, flags.start_index))
         except OptionError as err:
-            raise SettingError(err.render(OPTION_FLAGS)) from err
+            raise SettingError(err.render(option_flags(flags.method))) from err
     global_shard(flags.split, flags.total_split)  # refuses a --split outside [0, --total_split)
-    if guidance is not None and not any(w > 0 for w in energy_weights(flags.optimize_targets, flags.gs, flags.ls)):
+    if guidance is not None and guidance.uses_energy and not any(
+            w > 0 for w in energy_weights(flags.optimize_targets, flags.gs, flags.ls)):
         raise ExpansionError("the energy has no term left (--gs/--ls are 0 or excluded by "
                              "--optimize_targets); give one a positive weight, or use --guidance none.")
     if not flags.no_report:  # a report space that cannot be measured is said before the expansion, not after it
@@ -306,11 +317,17 @@ def guide_file(flags: ExpandConfig, guide_arch: str) -> str:
     return guide
 
 
+def dataset_defaults(dataset: str) -> dict:
+    """The values of DATASET_DEPENDENT's flags for `dataset`: its registry entry's, else the paper's."""
+    overrides = dataset_spec(dataset).expand_defaults
+    return {name: overrides.get(name, default) for name, default in DATASET_DEPENDENT.items()}
+
+
 def resolve(config: ExpandConfig) -> ExpandJob:
     """The flags' values -> the job: the dataset's defaults filled in, every value checked, the paths decided."""
     spec = dataset_spec(config.dataset)
-    flags = replace(config, **{name: spec.expand_defaults.get(name, default)
-                               for name, default in DATASET_DEPENDENT.items() if getattr(config, name) is None})
+    flags = replace(config, **{name: value for name, value in dataset_defaults(config.dataset).items()
+                               if getattr(config, name) is None})
     guidance = validate(flags)
     guide_arch = flags.guide_arch or spec.guide_arch
     method_folder = f"{EXPERIMENT_NAMES[flags.method]}_{flags.num_images_per_prompt}x"

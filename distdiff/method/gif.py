@@ -98,6 +98,7 @@ class GifGuidance(Guidance):
     """GIF-SD's latent perturbation after sampling (their defaults: eps 0.8, step 0.1); no hook inside the loop."""
 
     name = "gif_sd"
+    uses_sources = True
     eps: float = field(default=EPS, metadata={"param": "gif_eps"})
     step_size: float = field(default=STEP_SIZE, metadata={"param": "gif_step_size"})
 
@@ -112,9 +113,13 @@ class GifGuidance(Guidance):
     def check_schedule(self, *, steps: int, start: int) -> None:
         """Nothing to check: the perturbation follows the last step, whatever the schedule."""
 
-    def prompts(self, class_names: Sequence[str]) -> list[list[str]]:
-        """Each class's prompt variants: their domain x adjective templates over the class name."""
+    def prompt_variants(self, class_prompts: Sequence[str], class_names: Sequence[str]) -> list[list[str]]:
+        """Their domain x adjective templates over each class name (the dataset's own prompts unused)."""
         return [prompt_variants(name) for name in class_names]
+
+    def draw_prompt(self, generator: torch.Generator) -> int:
+        """A domain and an adjective, each uniform (their random.choice)."""
+        return draw_prompt(generator)
 
     def final_latents(self, latents: torch.Tensor, ctx: StepContext) -> GuidanceOutput:
         """z_0 perturbed by their one signed step on (e, b) and projected within eps; stats: eps saturation."""

@@ -169,6 +169,16 @@ class Guidance:
     """
 
     name: ClassVar[str] = ""
+    uses_sources: ClassVar[bool] = False  # final_latents reads the guide's softmax on the sources (StepContext)
+    uses_energy: ClassVar[bool] = False  # the prototype energy gs * D_c + ls * D_g drives it
+
+    def prompt_variants(self, class_prompts: Sequence[str], class_names: Sequence[str]) -> list[list[str]]:
+        """Each class's prompts, one drawn per image by `draw_prompt` (default: the dataset's one prompt per class)."""
+        return [[prompt] for prompt in class_prompts]
+
+    def draw_prompt(self, generator: torch.Generator) -> int:
+        """Which of its class's prompt variants one image gets, drawn from its own generator (default: the first)."""
+        return 0
 
     def applies_at(self, index: int, steps: int) -> bool:
         """Whether the hooks run at schedule index `index` of `steps`."""
@@ -207,6 +217,7 @@ class WindowGuidance(Guidance):
     field's `param` metadata is the key an expansion records it under (distdiff/runs/recipe.py): expand.py's flag.
     """
 
+    uses_energy = True
     guidance_step: int = GUIDANCE_STEP
     period: int = field(default=GUIDANCE_PERIOD, metadata={"param": "guidance_period"})
     rho: float = RHO

@@ -37,8 +37,8 @@ from distdiff.method.records import Record
 from distdiff.pipelines.loading import load_components
 from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, START_INDEX, STEPS, STRENGTH,
                                          PromptEmbeddings, decode_latents, default_resolution, encode_latent_dist,
-                                         encode_prompts, img2img_start_index, make_denoiser, make_image_energy,
-                                         resolve_dtype, to_unit_range)
+                                         encode_prompts, img2img_start_index, make_classifier, make_denoiser,
+                                         make_image_energy, resolve_dtype, to_unit_range)
 from distdiff.utils.settings import check_settings
 
 
@@ -122,13 +122,17 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
                  strength: float = STRENGTH, num_inference_steps: int = STEPS,
                  guidance_scale: float = GUIDANCE_SCALE, guidance: Guidance | None = None,
                  guide: GuideEnergy | None = None, observers: Sequence[StepObserver] = (),
-                 start_index: str = START_INDEX) -> DistDiffOutput:
+                 start_index: str = START_INDEX, prompt_rows: torch.Tensor | Sequence[int] | None = None,
+                 source_probs: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> DistDiffOutput:
         """Generate one image per label [B] from source images [B,3,R,R] in [0,1] (or VAE posteriors
         `latent_params` [B,2C,h,w], e.g. cached; neither: txt2img from noise), one generator per image.
 
-        Class prompts: `prompts` (one text per class, indexed by `labels`) or their `prompt_embeds`.
+        Class prompts: `prompts` (one text per class, indexed by `labels`) or their `prompt_embeds`;
+        `prompt_rows` [B] picks another row per image (a guidance's prompt variants, e.g. GIF-SD's).
         The first step is img2img_start_index(num_inference_steps, strength, start_index) (0 for
-        txt2img). `guidance` (needs `guide`) runs its hooks where its applies_at says.
+        txt2img). `guidance` (needs `guide`) runs its hooks where its applies_at says; a final-latent
+        hook may read the guide's softmax on each image's source `source_probs` [B,K] and which
+        images share a source, `groups` [B].
         """
         labels = torch.as_tensor(labels, dtype=torch.long)
         batch = labels.shape[0]
@@ -153,11 +157,14 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
         latents = self.prepare_latents(latent_params, generator, scheduler, timesteps[start:start + 1], batch)
 
         labels = labels.to(self.device)
+        rows = labels if prompt_rows is None else torch.as_tensor(prompt_rows, dtype=torch.long).to(self.device)
         ctx = StepContext(timesteps=timesteps,
-                          denoise=make_denoiser(self, prompt_embeds, labels, scheduler=scheduler,
+                          denoise=make_denoiser(self, prompt_embeds, rows, scheduler=scheduler,
                                                 guidance_scale=guidance_scale),
                           image_energy=make_image_energy(self, guide, labels) if guide is not None else None,
-                          generators=generator)
+                          generators=generator,
+                          classify=make_classifier(self, guide) if guide is not None else None,
+                          source_probs=source_probs, groups=groups)
         for observer in observers:
             observer.on_start(ctx, batch)
         for index in range(start, num_inference_steps):

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from distdiff.method.guidance import Denoise, GuideEnergy, ImageEnergy
+from distdiff.method.guidance import Classify, Denoise, GuideEnergy, ImageEnergy
 from distdiff.utils.settings import check_settings
 
 logger = logging.getLogger(__name__)
@@ -140,13 +140,14 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2.0 + 0.5).clamp(0.0, 1.0).cpu()
 
 
-def make_denoiser(sd, prompts: PromptEmbeddings, labels: torch.Tensor, *, scheduler: DDIMScheduler,
+def make_denoiser(sd, prompts: PromptEmbeddings, rows: torch.Tensor, *, scheduler: DDIMScheduler,
                   guidance_scale: float = GUIDANCE_SCALE) -> Denoise:
     """(z_t, t) -> (z_{t-1}, predicted x0): one CFG + DDIM step (eta 0) of `scheduler` (its timesteps set)
-    for images of classes `labels` [B]."""
-    labels = labels.to(sd.device)
+    for images conditioned on prompt rows `rows` [B] of `prompts` (the class labels, unless a guidance draws
+    prompt variants)."""
+    rows = rows.to(sd.device)
     cfg = guidance_scale > 1.0 and sd.unet.config.time_cond_proj_dim is None  # as diffusers decides
-    cond = prompts.cond[labels]
+    cond = prompts.cond[rows]
     embeds = torch.cat([prompts.uncond.expand_as(cond), cond]) if cfg else cond
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +162,14 @@ def make_denoiser(sd, prompts: PromptEmbeddings, labels: torch.Tensor, *, schedu
         return out.prev_sample, out.pred_original_sample
 
     return denoise
+
+
+def make_classifier(sd, guide: GuideEnergy) -> Classify:
+    """latents -> the guide's (logits [B,K], L2-normalised features [B,D]) of their VAE decodings."""
+    def classify(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return guide.logits_and_features(decode_latents(sd, latents))
+
+    return classify
 
 
 def make_image_energy(sd, guide: GuideEnergy, labels: torch.Tensor) -> ImageEnergy:

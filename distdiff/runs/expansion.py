@@ -44,6 +44,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from distdiff.data.datasets import LabeledImages, synthetic_stem
@@ -325,16 +326,48 @@ def _emit(batch: list[WorkItem], held: dict[int, FileLock], remaining: dict[int,
         held.pop(source).release()
 
 
+def class_prompt_table(guidance: Guidance | None, class_prompts: Sequence[str], class_names: Sequence[str]
+                       ) -> tuple[list[str], int]:
+    """Every prompt an image may get, class-major, and how many each class has (the guidance's variants: GIF-SD's
+    templates; else the dataset's one prompt per class)."""
+    variants = guidance.prompt_variants(class_prompts, class_names) if guidance is not None else [
+        [prompt] for prompt in class_prompts]
+    if len({len(v) for v in variants}) != 1:
+        raise ValueError(f"every class needs the same number of prompt variants, got {[len(v) for v in variants]}.")
+    return [prompt for class_variants in variants for prompt in class_variants], len(variants[0])
+
+
+def prompt_rows(guidance: Guidance | None, items: Sequence[WorkItem], variants: int) -> torch.Tensor:
+    """Each image's row [B] in class_prompt_table's list: its class's block, the variant its own prompt seed draws."""
+    draw = guidance.draw_prompt if guidance is not None else Guidance().draw_prompt
+    return torch.tensor([it.label * variants + draw(torch.Generator().manual_seed(image_seed(it.seed, "prompt")))
+                         for it in items])
+
+
+def source_probabilities(guide: GuideEnergy, dataset: LabeledImages, indices: Sequence[int]) -> torch.Tensor:
+    """The guide's softmax [B,K] on the whole source images `indices` (GIF-SD's prediction on the original), each
+    preprocessed as the guide sees a decoded image."""
+    def pixels(index: int) -> torch.Tensor:  # [1,3,H,W] in [-1,1]
+        image = TF.to_dtype(TF.to_image(dataset.load_image(index).convert("RGB")), torch.float32, scale=True)
+        return image.unsqueeze(0) * 2.0 - 1.0
+
+    with torch.no_grad():
+        return torch.cat([guide.logits_and_features(pixels(i))[0] for i in indices]).softmax(dim=-1)
+
+
 def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, sampling: SamplingConfig,
                   guidance: Guidance | None, guide: GuideEnergy | None, batch_size: int, record_energy: bool = True,
                   progress: bool = True, shard: int = 0, num_shards: int = 1, candidates: int = 1,
-                  select: str = "energy") -> int:
+                  select: str = "energy", prompt_variants: int = 1) -> int:
     """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
 
     `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
     With `candidates` > 1 each image is the best of that many by `select` (distdiff/runs/selection.py).
+    `prompts` holds `prompt_variants` rows per class (class_prompt_table); each image draws its own.
     """
+    if guidance is not None and guidance.uses_sources and guide is None:
+        raise ExpansionError(f"--guidance {guidance.name} scores with the guide; pass --guide_checkpoint.")
     if candidates > 1 and guide is None:
         raise ExpansionError(f"--candidates {candidates} scores candidates with the guide; pass --guide_checkpoint.")
     out_dir = Path(out_dir)
@@ -350,13 +383,17 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
         for batch in _claimed_batches(out_dir, todo, batch_size):
             labels = torch.tensor([it.label for it in batch])
             latent_params = cache.get(dataset, [it.source_index for it in batch])
+            rows = prompt_rows(guidance, batch, prompt_variants) if prompt_variants > 1 else None
+            sources = torch.tensor([it.source_index for it in batch])
+            source_probs = (source_probabilities(guide, dataset, sources.tolist())
+                            if guidance is not None and guidance.uses_sources else None)
 
             def generate(seeds: list[int]):
                 observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
                 observers += [CandidateScore(guide, labels, select)] if candidates > 1 else []
                 return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds),
                           prompt_embeds=prompts, guidance=guidance, guide=guide, observers=observers,
-                          **asdict(sampling))
+                          prompt_rows=rows, source_probs=source_probs, groups=sources, **asdict(sampling))
 
             result = generate_best_of(generate, [it.seed for it in batch], candidates=candidates, by=select)
             records = []

@@ -199,11 +199,15 @@ def test_expand_py_runs_gif_sd_records_its_options_and_refuses_the_others(tmp_pa
                 "--num_images_per_prompt", "2", "--steps", "4", "--batch_size", "4", "--no_report", "--num_threads",
                 "1", "--guidance", guidance, *extra]
 
-    result = expand.main(expand.parse_args(argv(tmp_path / "gif")))
+    result = expand.main(expand.parse_args(argv(tmp_path / "gif", "--gif_eps", "0.5")))
     assert result["written"] == 4
     records = [json.loads(line) for line in (tmp_path / "gif" / MANIFEST).read_text().splitlines()]
     assert {r["params"]["guidance"] for r in records} == {"gif_sd"}
-    assert {(r["params"]["gif_eps"], r["params"]["gif_step_size"]) for r in records} == {(0.8, 0.1)}
+    assert {(r["params"]["gif_eps"], r["params"]["gif_step_size"]) for r in records} == {(0.5, 0.1)}
     assert all(0 <= r["eps_saturated"] <= 1 and r["D_c_final"] is not None for r in records)
     with pytest.raises(SystemExit, match="--rho 5.0 is an option of --guidance transform or direct"):
         expand.main(expand.parse_args(argv(tmp_path / "x", "--rho", "5")))
+    with pytest.raises(SystemExit, match="--gif_eps 0.5 is an option of --guidance gif_sd; add --guidance gif_sd"):
+        expand.main(expand.parse_args(argv(tmp_path / "x", "--gif_eps", "0.5", guidance="transform")))
+    with pytest.raises(SystemExit, match="--gif_step_size must be positive"):
+        expand.main(expand.parse_args(argv(tmp_path / "x", "--gif_step_size", "0")))

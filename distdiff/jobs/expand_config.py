@@ -15,6 +15,7 @@ from distdiff.cli import add_threads_argument
 from distdiff.data.registry import dataset_spec
 from distdiff.data.datasets import dataset_slug
 from distdiff.method.direct import RhoSchedule
+from distdiff.method.gif import EPS as GIF_EPS, STEP_SIZE as GIF_STEP_SIZE
 from distdiff.method.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, Guidance
 from distdiff.method.methods import GUIDANCE_METHODS
 from distdiff.method.observers import SELECTION_SCORES
@@ -40,7 +41,7 @@ WINDOW_FLAGS = {"guidance_step": "guidance_step", "guidance_period": "period", "
 GUIDANCE_FLAGS = {"transform": WINDOW_FLAGS | {"constraint_value": "eps", "transform_init": "init",
                                                "transform_iters": "iterations", "transform_resolution": "resolution"},
                   "direct": WINDOW_FLAGS | {"rho_schedule": "rho_schedule"},
-                  "gif_sd": {}}
+                  "gif_sd": {"gif_eps": "eps", "gif_step_size": "step_size"}}
 # Options every method's messages may name, besides its own flags.
 SAMPLER_FLAGS = {"steps": "--steps", "strength": "--strength"}
 # Flags whose default depends on the dataset (its registry entry's expand_defaults), with the paper's general value.
@@ -82,6 +83,8 @@ class ExpandConfig:
     transform_iters: int = 1  # the paper's single step; more is an option of ours
     transform_resolution: int = 1  # the paper's per-channel transform; R x R is an option of ours
     rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
+    gif_eps: float = GIF_EPS  # GIF-SD's L-inf radius around z_0: their README's 0.8 (CIFAR-100, Cars, DTD, ...)
+    gif_step_size: float = GIF_STEP_SIZE  # GIF-SD's signed step on (e, b): 0.1 in their code
     candidates: int = 1  # the paper makes each image once; best of k by the guide is an option of ours
     select: str = "energy"  # how candidates are scored: SELECTION_SCORES
     no_transform_feature_norm: bool = False  # True: as the authors' code, no L2 norm inside transform guidance
@@ -157,6 +160,11 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                    help="direct guidance's step size over its --guidance_period steps: the paper's constant rho, or "
                         "rho decaying linearly / by a half cosine from rho toward 0 (options of ours; "
                         "docs/METHOD.md#direct-guidance)")
+    p.add_argument("--gif_eps", type=float, default=D.gif_eps,
+                   help="--guidance gif_sd: L-inf radius of the final latent's perturbation (their --constraint_value; "
+                        "their README: 0.8 for most natural-image datasets, 4 for Caltech-101, 0.1-0.5 medical)")
+    p.add_argument("--gif_step_size", type=float, default=D.gif_step_size,
+                   help="--guidance gif_sd: the signed ascent step on the perturbation's scale and bias (theirs: 0.1)")
     p.add_argument("--candidates", type=int, default=D.candidates,
                    help="make each image this many times (own seeds) and keep the best by --select (an option of "
                         "ours, k times the sampling cost; also with --guidance none; docs/METHOD.md#selection)")

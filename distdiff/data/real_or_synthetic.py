@@ -6,10 +6,9 @@ uniform draw is below synthetic_probability (0.5 in their train_classifier.py), 
 length is the number of real images. train_expand.py --synthetic_probability P trains on this instead of the
 concatenation of original and synthetic images (this repository's and the DistDiff paper's default).
 
-Seeding: the draws come from a numpy Generator seeded with (run seed, torch.initial_seed()). The training loop
-reseeds torch every epoch in the main process, and a DataLoader worker's torch seed is its epoch's base seed plus
-its id, so each epoch (and each worker) draws its own reproducible stream, independent of how many random
-numbers the image transforms take.
+Seeding: each item's draws come from a numpy Generator seeded with (run seed, one 63-bit draw of torch's global
+generator), so they follow torch's seeding as the image transforms do: the training loop reseeds torch every
+epoch, and a DataLoader seeds each worker's torch from its own generator, so every epoch is reproducible.
 """
 
 from __future__ import annotations
@@ -65,22 +64,16 @@ class RealOrSynthetic(torch.utils.data.Dataset):
         self.real, self.synthetic = real, synthetic
         self.copies = copies_by_source(real, synthetic)
         self.probability, self.seed, self.transform = probability, seed, transform
-        self._rng: np.random.Generator | None = None
-        self._rng_key: int | None = None
 
     def __len__(self) -> int:
         return len(self.real)
 
-    def rng(self) -> np.random.Generator:
-        """The generator of the draws: seeded by (seed, torch.initial_seed()), renewed when torch is reseeded."""
-        key = torch.initial_seed()
-        if key != self._rng_key:
-            self._rng, self._rng_key = np.random.default_rng([self.seed % 2**64, key]), key
-        return self._rng
-
     def pick(self, index: int) -> tuple[LabeledImages, int]:
         """The dataset and index item `index` draws this time: the real image or one of its copies."""
-        copy = real_or_copy(len(self.copies[index]), self.probability, self.rng())
+        if not self.copies[index]:
+            return self.real, index  # no draw, as theirs: nothing to choose from
+        rng = np.random.default_rng([self.seed % 2**64, int(torch.randint(2**63 - 1, ()))])
+        copy = real_or_copy(len(self.copies[index]), self.probability, rng)
         return (self.real, index) if copy is None else (self.synthetic, self.copies[index][copy])
 
     def __getitem__(self, index: int):

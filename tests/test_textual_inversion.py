@@ -153,6 +153,10 @@ def test_learned_embeddings_save_load_and_apply_exactly(digits_models, tmp_path)
     assert torch.equal(_prompt_states(tokenizer, text_encoder, "a photo of a <seven>"),
                        _prompt_states(reference_tokenizer, reference, "a photo of a <seven>"))
 
+    with pytest.raises(TextualInversionError, match=r"share the tokens \['<golden_retriever>'\]"):
+        learn_embeddings(digits_models, {"golden retriever": [], "golden_retriever": []}, config=FAST)
+    with pytest.raises(TextualInversionError, match="no images to learn it from"):
+        learn_embeddings(digits_models, {"5": []}, config=FAST)
     torch.save({"<0>": [1.0]}, tmp_path / "bad.pt")
     with pytest.raises(TextualInversionError, match="does not hold"):
         load_embeddings(tmp_path / "bad.pt")

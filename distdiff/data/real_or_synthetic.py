@@ -31,6 +31,7 @@ def real_or_copy(num_copies: int, probability: float, rng: np.random.Generator) 
 
 
 def _name(dataset: LabeledImages, index: int) -> str:
+    """A sample's file path, or '<dataset>:<stem>' for an in-memory image (for messages)."""
     source = dataset.samples[index].source
     return source if isinstance(source, str) else f"{dataset.name}:{dataset.samples[index].stem}"
 

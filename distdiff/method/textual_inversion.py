@@ -235,8 +235,10 @@ def denoising_loss(models: InversionModels, text_encoder: CLIPTextModel, pixels:
     at uniform random timesteps, conditioned on the text encoder's states."""
     device = models.unet.device
     with torch.no_grad():
-        latents = models.vae.encode(pixels.to(device)).latent_dist.sample(generator=generator)
-        latents = latents * models.vae.config.scaling_factor
+        posterior = models.vae.encode(pixels.to(device)).latent_dist
+        # latent_dist.sample(generator), drawn on the (CPU) generator's device without diffusers' log line per call
+        sample = torch.randn(posterior.mean.shape, generator=generator, dtype=posterior.mean.dtype).to(device)
+        latents = (posterior.mean + posterior.std * sample) * models.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator).to(device)
     steps = models.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(device)
@@ -308,6 +310,11 @@ def learn_embeddings(models: InversionModels, images_by_class: Mapping[str, Sequ
     """DA-Fusion's tokens: per class, a fresh copy of the tokenizer and text encoder, its token <class_name>
     initialised and trained on that class's images; {token: [D] tensor on CPU} (their aggregated file's content).
     Every class's run starts from the same seed, as fine_tune.py's."""
+    tokens = [token_name(name) for name in images_by_class]
+    clashes = sorted({t for t in tokens if tokens.count(t) > 1})
+    if clashes:
+        raise TextualInversionError(f"class names {[n for n in images_by_class if token_name(n) in clashes]} share "
+                                    f"the tokens {clashes} (spaces become underscores); rename one of each pair.")
     learned = {}
     for class_name, images in images_by_class.items():
         token = token_name(class_name)

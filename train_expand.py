@@ -2,6 +2,10 @@
 
     python train_expand.py DATASET ARCH LR EXP PRETRAINED GPU [--expanded_dir DIR] [--seed N] ...
     python train_expand.py digits smallcnn 0.1 distdiff_5x False 0
+    python train_expand.py digits smallcnn 0.1 dafusion_10x False 0 --synthetic_probability 0.5
+
+--synthetic_probability P trains as DA-Fusion does: each epoch is the original images, each replaced with
+probability P by one of its own synthetic copies (default: original + synthetic images together).
 
 Synthetic images are read from --expanded_dir (default expanded/<dataset_slug>/<EXP>/, laid out
 <class>/<stem>_expand_<i>.png as expand.py writes them). Writes

@@ -147,6 +147,30 @@ def test_each_replicate_trains_on_its_own_expansion(tmp_path):
         assert results["num_synthetic"] == copies and results["expanded_dir"] == str(tmp_path / "x5" / f"seed{seed}")
 
 
+def test_synthetic_probability_trains_on_real_images_or_their_copies_and_is_recorded(tmp_path):
+    train = load_dataset("digits", "train")
+    expanded = tmp_path / "dafusion"
+    for sample in train.samples[:30]:
+        for i in range(2):
+            _png(expanded / train.classes[sample.label] / f"{sample.stem}_expand_{i}.png")
+    argv = ["digits", "smallcnn", "0.1", "dafusion", "False", "0", "--expanded_dir", str(expanded),
+            "--output_root", str(tmp_path / "ckpt"), "--synthetic_probability", "0.5"] + FAST
+    results = train_expand.main(train_expand.parse_args(argv))
+    assert results["synthetic_probability"] == 0.5 and results["expanded_dir"] == str(expanded)
+    assert (results["num_train"], results["num_synthetic"]) == (100, 60)
+    run = tmp_path / "ckpt" / "digits" / "dafusion" / "smallcnn_unpretrained_lr0.1" / "seed1"
+    log = (run / "log.txt").read_text()
+    assert "train 100 val 100 test 600" in log and "'synthetic_probability': 0.5" in log  # an epoch: the real images
+    assert load_classifier(run / "model_best.pth.tar")[1]["args"]["synthetic_probability"] == 0.5
+
+    # An unfinished run resumes only with the sampling it started with.
+    (run / "results.yaml").unlink()
+    with pytest.raises(SystemExit, match=r"other settings \{'synthetic_probability': \(0.5, None\)\}"):
+        train_expand.main(train_expand.parse_args(argv[:-len(FAST) - 2] + FAST))
+    with pytest.raises(SystemExit, match=r"--synthetic_probability must be in \[0, 1\], got 1.5"):
+        train_expand.main(train_expand.parse_args(argv + ["--synthetic_probability", "1.5"]))
+
+
 def test_train_expand_default_folder_is_named_after_the_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=r"expanded/digits/nope does not exist"):

@@ -25,12 +25,14 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from distdiff.data import datasets as data
+from distdiff.data.real_or_synthetic import RealOrSynthetic
 from distdiff.data.augment import AUGMENTS, eval_transform, train_transform
 from distdiff.models.classifiers import ARCHS, CHECKPOINT_NAME, build_classifier
 from distdiff.cli import add_threads_argument, configure_threads
 from distdiff.utils.images import ImageError
 from distdiff.data.registry import dataset_has_split, dataset_spec, load_dataset
 from distdiff.training.results import RESULTS_NAME, write_results
+from distdiff.utils.settings import check_settings
 from distdiff.training.loop import (LAST_EPOCHS, LAST_STATE_NAME, LOG_NAME, TrainConfig, TrainingError,
                                     check_global_batch, fit, make_accelerator, seed_everything)
 
@@ -95,6 +97,9 @@ class RunConfig:
     gpu: str = "0"
     exp: str | None = None  # train_expand.py's EXP: original + synthetic of expanded/<dataset>/<EXP>
     expanded_dir: str | None = None
+    # DA-Fusion's sampling (distdiff/data/real_or_synthetic.py): each real image, replaced with this probability by
+    # one of its own synthetic copies; None: original + synthetic concatenated (the paper's).
+    synthetic_probability: float | None = None
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
     seed: int = TrainConfig.seed
@@ -129,6 +134,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, expand: bool) -> Non
                             help=f"synthetic images <dir>/<class>/*.png (default {EXPANDED_ROOT}/<dataset_slug>/<EXP>); "
                                  f"{SEED_FIELD} in it is replaced by --seed, so replicate N trains on its own "
                                  f"expansion, e.g. expanded/digits/distdiff_5x/seed{SEED_FIELD}")
+        parser.add_argument("--synthetic_probability", type=float, default=None, metavar="P",
+                            help="DA-Fusion's sampling: an epoch is the original images, each replaced with "
+                                 "probability P by a random synthetic copy of its own (DA-Fusion: 0.5); default: "
+                                 "train on original + synthetic images together, as the paper")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="paper: 100 (docs/METHOD.md#defaults)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="paper: 64")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the paper averages seeds 1 2 3")
@@ -235,6 +244,10 @@ def _validate(config: RunConfig) -> None:
         raise TrainingError(f"--num_workers must be 0 or more, got {config.num_workers}.")
     if config.image_size is not None and config.image_size < 8:
         raise TrainingError(f"--image_size must be at least 8 pixels, got {config.image_size}.")
+    check_settings(synthetic_probability=config.synthetic_probability)
+    if config.synthetic_probability is not None and not config.exp:
+        raise TrainingError("--synthetic_probability chooses between original images and their synthetic copies: "
+                            "it needs an expansion (train_expand.py's EXP).")
 
 
 def _drop_synthetic_of(synthetic: data.LabeledImages, held_out: data.LabeledImages) -> data.LabeledImages:
@@ -262,8 +275,11 @@ def _without_unreadable(dataset: data.LabeledImages | None) -> tuple[data.Labele
 
 def load_run_data(config: RunConfig, image_size: int, flip: bool, expanded_dir: str | Path | None
                   ) -> dict[str, Any]:
-    """Transformed train (original [+ synthetic]), val (or None) and test sets, and their sizes."""
+    """Transformed train (original [+ synthetic], or each original or one of its copies with probability
+    config.synthetic_probability), val (or None) and test sets, and their sizes."""
     name, root = config.dataset, config.data_root
+    if config.synthetic_probability is not None and expanded_dir is None:
+        raise TrainingError("--synthetic_probability needs synthetic images: give an expansion (EXP, --expanded_dir).")
     train = load_dataset(name, "train", root=root)
     test = load_dataset(name, "test", root=root)
     val, val_source = None, None
@@ -293,8 +309,13 @@ def load_run_data(config: RunConfig, image_size: int, flip: bool, expanded_dir: 
     mean, std = ARCHS[config.arch].mean, ARCHS[config.arch].std
     train_tf = train_transform(image_size, mean, std, flip=flip, augment=config.augment)
     eval_tf = eval_transform(image_size, mean, std)
-    parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
-    return {"train": ConcatDataset(parts) if len(parts) > 1 else parts[0], "classes": train.classes,
+    if config.synthetic_probability is not None:
+        train_set = RealOrSynthetic(train, synthetic, probability=config.synthetic_probability, seed=config.seed,
+                                    transform=train_tf)
+    else:
+        parts = [train.with_transform(train_tf)] + ([synthetic.with_transform(train_tf)] if synthetic else [])
+        train_set = ConcatDataset(parts) if len(parts) > 1 else parts[0]
+    return {"train": train_set, "classes": train.classes,
             "val": val.with_transform(eval_tf) if val is not None else None, "test": test.with_transform(eval_tf),
             "counts": {"num_train": len(train), "num_synthetic": len(synthetic) if synthetic else 0,
                        "num_synthetic_dropped": dropped, "num_val": len(val) if val is not None else 0,
@@ -340,13 +361,15 @@ def run_training(config: RunConfig) -> dict[str, Any] | None:
             "args": {k: _plain(v) for k, v in asdict(config).items()}}
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                                augment=config.augment, num_workers=config.num_workers,
-                               model_best_on_test=config.model_best_on_test)
+                               model_best_on_test=config.model_best_on_test,
+                               synthetic_probability=config.synthetic_probability)
     summary = fit(model, train_set=run_data["train"], test_set=run_data["test"], val_set=run_data["val"],
                   config=train_config, output_dir=out, info=info, accelerator=accelerator)
     results = {"dataset": config.dataset, "exp": config.exp, "arch": config.arch, "lr": config.lr,
                "pretrained": config.pretrained, "augment": config.augment, "seed": config.seed, "epochs": config.epochs,
                "batch_size": config.batch_size, "image_size": image_size, "flip": flip,
                "expanded_dir": str(expanded_dir) if expanded_dir else None,
+               "synthetic_probability": config.synthetic_probability,
                "val_source": run_data["val_source"], **summary, **run_data["counts"]}
     if accelerator.is_main_process:
         write_results(out / RESULTS_NAME, results)

@@ -70,13 +70,16 @@ class TrainConfig:
     num_workers: int = 4  # PyTorch ImageNet example default
     # The authors' train.py saves the best test epoch; ours never chooses on test unless asked (ModelBest).
     model_best_on_test: bool = False
+    # Not used by fit: the train set's sampling (distdiff/data/real_or_synthetic.py), kept so that a run resumes
+    # only with the sampling it started with. None: the train set as given.
+    synthetic_probability: float | None = None
 
 
 # A saved state is only resumed when these settings match (num_workers may change freely).
 RESUME_KEYS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "seed", "augment",
-               "model_best_on_test")
+               "model_best_on_test", "synthetic_probability")
 # Settings added after states were first saved: an older state holds these values implicitly.
-RESUME_DEFAULTS = {"model_best_on_test": False}
+RESUME_DEFAULTS = {"model_best_on_test": False, "synthetic_probability": None}
 
 
 class ModelBest(str, Enum):

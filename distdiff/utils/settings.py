@@ -21,13 +21,14 @@ class SettingError(UserError):
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
 POSITIVE = (lambda v: v > 0, "positive")
-# Setting (expand.py flag name) -> (test, what it must be).
+# Setting (its script flag: expand.py's, and train_expand.py's synthetic_probability) -> (test, what it must be).
 RULES = {
     "num_images_per_prompt": AT_LEAST_1, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
     "total_split": AT_LEAST_1, "K": AT_LEAST_1, "max_source_images": AT_LEAST_1, "num_threads": AT_LEAST_1,
     "strength": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "gs": NON_NEGATIVE, "ls": NON_NEGATIVE, "guidance_scale": NON_NEGATIVE, "candidates": AT_LEAST_1,
     "resolution": (lambda v: v >= 8, "at least 8 pixels"),
+    "synthetic_probability": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
 }
 
 

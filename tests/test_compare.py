@@ -41,6 +41,7 @@ SHIPPED = {
     "fashion_mnist_paper": (["autoaugment", "sd", "distdiff", "sd_s09", "distdiff_s09", "distdiff_direct",
                              "distdiff_rho0"], True),
     "variants": (["sd", "distdiff", "identity", "direct", "select", "select_direct"], True),
+    "rivals": (["sd", "distdiff", "gif_sd", "dafusion", "distdiff_tokens"], True),
 }
 
 
@@ -59,10 +60,20 @@ def test_a_row_shared_by_two_specs_is_the_same_runs_with_the_same_flags():
     # sd and distdiff of the replicates spec and the paper's table on digits-shift-blur: one folder each, so the flags
     # (and the benchmark-wide expand flags) must agree or expand.py would refuse to resume the other's folder
     specs = [load_benchmark(REPO / "scripts" / "experiments" / f"{n}.py") for n in ("digits_shift_blur", "shift_paper",
-                                                                                   "variants")]
+                                                                                   "variants", "rivals")]
     for name in ("sd", "distdiff"):
         flags = {next(e.flags for e in b.experiments if e.name == name) + b.expand_flags for b in specs}
         assert len(flags) == 1
+
+
+def test_an_experiment_s_own_train_flags_reach_its_training_only(tmp_path):
+    bench = load_benchmark(REPO / "scripts" / "experiments" / "rivals.py")
+    by_name = {e.name: e for e in bench.experiments}
+    layout = Layout(bench, tmp_path)
+    expand, train = (job.argv for job in experiment_jobs(layout, by_name["dafusion"], 2))
+    assert train[-2:] == ("--synthetic_probability", "0.5") and "--synthetic_probability" not in expand
+    assert expand[expand.index("--strength_choices") + 1:][:4] == ("1.0", "0.75", "0.5", "0.25")
+    assert "--synthetic_probability" not in experiment_jobs(layout, by_name["distdiff_tokens"], 2)[1].argv
 
 
 def test_an_augmentation_row_is_trained_on_the_original_data_with_its_augment(tmp_path):

@@ -140,3 +140,50 @@ def test_sampling_rule_matches_their_few_shot_dataset(probability):
             pick = real_or_copy(len(copies[i]), probability, rng)
             ours.append(("real", i) if pick is None else copies[i][pick][0])
         assert ours == theirs
+
+
+def test_each_image_draws_its_strength_from_its_own_seed():
+    from distdiff.runs.expansion import WorkItem, image_strengths
+
+    items = [WorkItem(source_index=i, label=0, class_name="0", stem=f"s{i}", copy=0, seed=500 + i) for i in range(200)]
+    drawn = image_strengths(items, STRENGTHS, 0.5)
+    assert set(drawn) == set(STRENGTHS)
+    assert drawn == image_strengths(items[::-1], STRENGTHS, 0.5)[::-1]  # per image, not per batch
+    assert image_strengths(items, (), 0.3) == [0.3] * 200
+
+
+def test_expand_py_learns_the_tokens_once_draws_strengths_and_keeps_images_batch_independent(
+        tmp_path, tiny_sd_dir, digits_guide_checkpoint):
+    import json
+
+    import expand
+    from distdiff.runs.expansion import CLASS_TOKENS
+    from distdiff.runs.manifest import MANIFEST
+
+    def argv(out, *extra):
+        return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
+                "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2",
+                "--num_images_per_prompt", "3", "--steps", "8", "--no_report", "--num_threads", "1",
+                "--guidance", "none", "--class_tokens", "learned", "--inversion_steps", "2",
+                "--strength_choices", "1.0", "0.75", "0.5", "0.25", *extra]
+
+    assert expand.main(expand.parse_args(argv(tmp_path / "a", "--batch_size", "6")))["written"] == 6
+    tokens = torch.load(tmp_path / "a" / CLASS_TOKENS)
+    assert sorted(tokens) == sorted(f"<{d}>" for d in range(10))
+    records = [json.loads(line) for line in (tmp_path / "a" / MANIFEST).read_text().splitlines()]
+    assert {r["params"]["class_tokens_learned"] for r in records} == {True}
+    assert all(r["strength"] in STRENGTHS for r in records) and len({r["strength"] for r in records}) > 1
+    stamp = (tmp_path / "a" / CLASS_TOKENS).stat().st_mtime_ns
+    assert expand.main(expand.parse_args(argv(tmp_path / "a", "--batch_size", "6")))["written"] == 0  # resumed
+    assert (tmp_path / "a" / CLASS_TOKENS).stat().st_mtime_ns == stamp  # the tokens were reused, not relearnt
+    # one image per call: the same tokens (seeded), strengths and images as in batches of 6 with mixed strengths
+    expand.main(expand.parse_args(argv(tmp_path / "b", "--batch_size", "1")))
+    assert torch.equal(torch.load(tmp_path / "b" / CLASS_TOKENS)["<3>"], tokens["<3>"])
+    for record in records:
+        assert (tmp_path / "a" / record["image"]).read_bytes() == (tmp_path / "b" / record["image"]).read_bytes()
+    with pytest.raises(SystemExit, match="--inversion_steps 5 sets how --class_tokens learned"):
+        expand.main(expand.parse_args(argv(tmp_path / "c", "--class_tokens", "names", "--inversion_steps", "5")))
+    with pytest.raises(SystemExit, match=r"--strength_choices 1.5 must be in \(0, 1\]"):
+        expand.main(expand.parse_args(argv(tmp_path / "c", "--strength_choices", "1.5")))
+    with pytest.raises(SystemExit, match="--guidance_step"):  # DistDiff's window at T - M lies before 0.25's start
+        expand.main(expand.parse_args(argv(tmp_path / "c", "--guidance", "transform", "--guidance_step", "4")))

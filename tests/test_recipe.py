@@ -45,6 +45,8 @@ def _changed(value):
         return not value
     if isinstance(value, (int, float)):
         return value + 1
+    if isinstance(value, tuple):
+        return value + (0.5,)
     return value + "_other"
 
 
@@ -54,7 +56,7 @@ def _replace(obj, path, value):
     return dataclasses.replace(obj, **{path[0]: _replace(getattr(obj, path[0]), path[1:], value)})
 
 
-GUIDANCES = [["--guidance", "transform"], ["--guidance", "direct"], ["--guidance", "none"]]
+GUIDANCES = [["--guidance", "transform"], ["--guidance", "direct"], ["--guidance", "none"], ["--guidance", "gif_sd"]]
 
 
 @pytest.mark.parametrize("flags", GUIDANCES)
@@ -66,7 +68,8 @@ def test_every_field_of_the_recipe_reaches_expand_config_json(tmp_path, flags, m
     assert len(stored) == len(leaves) + (recipe.guidance is not None)  # + the method's name under "guidance"
     for path, item, value in leaves:
         key = item.metadata.get("param", item.name)
-        expected = "none" if path == ("guidance",) else value.value if isinstance(value, Enum) else value
+        expected = ("none" if path == ("guidance",) else value.value if isinstance(value, Enum) else
+                    list(value) if isinstance(value, tuple) else value)  # JSON holds a tuple as a list
         assert stored[key] == expected, path
     assert stored["guidance"] == flags[1]
 

@@ -77,7 +77,7 @@ def experiment_jobs(layout: Layout, experiment: Experiment, replicate: int) -> l
               "--no_report", *bench.expand_flags, *experiment.flags)
     train = (sys.executable, "train_expand.py", bench.dataset, bench.arch, f"{LR:g}", experiment.name, "False", "0",
              "--seed", str(replicate), "--expanded_dir", str(out), "--num_threads", "1", "--num_workers", "0",
-             "--output_root", str(layout.root / "checkpoint"), *bench.train_flags)
+             "--output_root", str(layout.root / "checkpoint"), *bench.train_flags, *experiment.train_flags)
     tag = f"{experiment.name}_seed{replicate}"
     return [Job(f"{tag}_expand", expand), Job(f"{tag}_train", train)]
 

@@ -20,7 +20,10 @@ from distdiff.data.augment import eval_transform
 from distdiff.data.datasets import DatasetError, LabeledImages
 from distdiff.data.registry import load_dataset
 from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, add_expand_arguments, resolve
+from distdiff.method.dafusion import class_prompt
 from distdiff.method.guidance import GuideEnergy
+from distdiff.method.textual_inversion import (TextualInversionConfig, apply_embeddings, images_by_class,
+                                               learn_embeddings, load_inversion_models)
 from distdiff.method.prototypes import compute_prototypes
 from distdiff.models.classifiers import ClassifierError, load_classifier
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, load_stable_diffusion
@@ -138,7 +141,7 @@ def make_images(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImage
     """Make this process's share of the images: (images written, seconds taken)."""
     cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=recipe.resolution, crop=job.crop,
                         precision=recipe.dtype)
-    table, variants = expansion.class_prompt_table(job.guidance, [train.prompt(c) for c in range(len(train.classes))],
+    table, variants = expansion.class_prompt_table(job.guidance, class_prompts(job, sd, train, recipe, state),
                                                    train.classes)
     prompts = encode_prompts(sd, table)
     begin = time.perf_counter()
@@ -147,8 +150,26 @@ def make_images(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImage
         sampling=job.sampling, guidance=job.guidance, guide=guide, batch_size=job.batch_size,
         record_energy=job.record_energy, progress=state.is_local_main_process, shard=work.shard,
         num_shards=work.num_shards, candidates=job.selection.candidates, select=job.selection.select,
-        prompt_variants=variants)
+        prompt_variants=variants, strength_choices=job.strengths.choices)
     return written, time.perf_counter() - begin
+
+
+def class_prompts(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImages, recipe: Recipe,
+                  state: PartialState) -> list[str]:
+    """One prompt per class: the dataset's, or (--class_tokens learned) DA-Fusion's with the class's token, learned
+    once per output folder on the train split and added to the pipeline's tokenizer and text encoder."""
+    if not job.tokens.learned:
+        return [train.prompt(c) for c in range(len(train.classes))]
+    config = TextualInversionConfig(max_train_steps=job.tokens.inversion_steps, resolution=recipe.resolution,
+                                    seed=job.seed)
+
+    def learn() -> dict:
+        logger.info("learning one token per class by textual inversion (%d steps each)", config.max_train_steps)
+        return learn_embeddings(load_inversion_models(job.model, device=state.device), images_by_class(train),
+                                config=config)
+
+    apply_embeddings(sd.tokenizer, sd.text_encoder, expansion.shared_class_tokens(state, job.output_dir, learn))
+    return [class_prompt(name) for name in train.classes]
 
 
 def finish(job: ExpandJob, state: PartialState, work: Work, recipe: Recipe, written: int) -> None:

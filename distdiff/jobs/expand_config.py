@@ -25,7 +25,7 @@ from distdiff.pipelines.sampling import (GUIDANCE_SCALE, PRECISION, PRECISIONS, 
                                          START_INDEX_FORMULAS, STEPS, STRENGTH, SamplingConfig, img2img_start_index)
 from distdiff.report.feature_spaces import add_feature_space_argument, chosen_spaces, requested_spaces
 from distdiff.runs.expansion import ExpansionError, global_shard
-from distdiff.runs.recipe import EnergyTerms, Recipe, Selection
+from distdiff.runs.recipe import ClassTokens, EnergyTerms, Recipe, Selection, StrengthDraw
 from distdiff.training.experiment import GUIDE_LR, guide_checkpoint
 from distdiff.utils.settings import RULES, OptionError, SettingError, check_settings
 
@@ -42,6 +42,7 @@ GUIDANCE_FLAGS = {"transform": WINDOW_FLAGS | {"constraint_value": "eps", "trans
                                                "transform_iters": "iterations", "transform_resolution": "resolution"},
                   "direct": WINDOW_FLAGS | {"rho_schedule": "rho_schedule"},
                   "gif_sd": {"gif_eps": "eps", "gif_step_size": "step_size"}}
+CLASS_TOKENS = ("names", "learned")  # --class_tokens: the dataset's class names, or DA-Fusion's learned tokens
 # Options every method's messages may name, besides its own flags.
 SAMPLER_FLAGS = {"steps": "--steps", "strength": "--strength"}
 # Flags whose default depends on the dataset (its registry entry's expand_defaults), with the paper's general value.
@@ -85,6 +86,9 @@ class ExpandConfig:
     rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
     gif_eps: float = GIF_EPS  # GIF-SD's L-inf radius around z_0: their README's 0.8 (CIFAR-100, Cars, DTD, ...)
     gif_step_size: float = GIF_STEP_SIZE  # GIF-SD's signed step on (e, b): 0.1 in their code
+    class_tokens: str = "names"  # the paper's class names; "learned": DA-Fusion's textual-inversion tokens
+    inversion_steps: int = ClassTokens.inversion_steps  # DA-Fusion's 1000 textual-inversion steps per class
+    strength_choices: tuple[float, ...] | None = None  # one strength for all; DA-Fusion draws from 1.0 0.75 0.5 0.25
     candidates: int = 1  # the paper makes each image once; best of k by the guide is an option of ours
     select: str = "energy"  # how candidates are scored: SELECTION_SCORES
     no_transform_feature_norm: bool = False  # True: as the authors' code, no L2 norm inside transform guidance
@@ -165,6 +169,15 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                         "their README: 0.8 for most natural-image datasets, 4 for Caltech-101, 0.1-0.5 medical)")
     p.add_argument("--gif_step_size", type=float, default=D.gif_step_size,
                    help="--guidance gif_sd: the signed ascent step on the perturbation's scale and bias (theirs: 0.1)")
+    p.add_argument("--class_tokens", choices=CLASS_TOKENS, default=D.class_tokens,
+                   help="the class words of the prompts: the dataset's class names (the paper), or DA-Fusion's "
+                        "one token per class learned on the train split by textual inversion (OUT/class_tokens.pt, "
+                        "reused on resume), in its prompt 'a photo of a <class>' (docs/METHOD.md)")
+    p.add_argument("--inversion_steps", type=int, default=D.inversion_steps,
+                   help="--class_tokens learned: textual-inversion steps per class (DA-Fusion's 1000)")
+    p.add_argument("--strength_choices", type=float, nargs="+", default=None, metavar="S",
+                   help="draw each image's img2img strength from these, equally likely (DA-Fusion: 1.0 0.75 0.5 "
+                        "0.25); default: every image at --strength")
     p.add_argument("--candidates", type=int, default=D.candidates,
                    help="make each image this many times (own seeds) and keep the best by --select (an option of "
                         "ours, k times the sampling cost; also with --guidance none; docs/METHOD.md#selection)")
@@ -225,6 +238,8 @@ class ExpandJob:
     guidance: Guidance | None  # None: plain SD img2img
     energy: EnergyTerms
     selection: Selection
+    tokens: ClassTokens
+    strengths: StrengthDraw
     seed: int
     resolution: int | None  # None: the model's own, known only once it is loaded
     crop: str
@@ -251,7 +266,7 @@ class ExpandJob:
         guide = Path(self.guide_checkpoint)
         return Recipe(dataset=self.dataset, model=self.model, resolution=resolution, crop=self.crop, dtype=dtype,
                       sampling=self.sampling, guidance=self.guidance, energy=self.energy, selection=self.selection,
-                      seed=self.seed, guide_checkpoint=str(guide.resolve()) if guide.is_file() else None)
+                      tokens=self.tokens, strengths=self.strengths, seed=self.seed, guide_checkpoint=str(guide.resolve()) if guide.is_file() else None)
 
 
 def energy_weights(optimize_targets: str, gs: float, ls: float) -> tuple[float, float]:
@@ -295,13 +310,22 @@ def validate(flags: ExpandConfig) -> Guidance | None:
             owners = " or ".join(m for m, names in GUIDANCE_FLAGS.items() if flag in names)
             raise ExpansionError(f"--{flag} {getattr(flags, flag)} is an option of --guidance {owners}; "
                                  f"add --guidance {owners.split(' or ')[0]} or drop it.")
+    for strength in flags.strength_choices or ():
+        if not 0.0 < strength <= 1.0:
+            raise ExpansionError(f"--strength_choices {strength:g} must be in (0, 1].")
+    if flags.inversion_steps < 1:
+        raise ExpansionError(f"--inversion_steps must be at least 1, got {flags.inversion_steps}.")
+    if flags.inversion_steps != ExpandConfig.inversion_steps and flags.class_tokens != "learned":
+        raise ExpansionError(f"--inversion_steps {flags.inversion_steps} sets how --class_tokens learned learns its "
+                             f"tokens; add --class_tokens learned or drop it.")
     guidance = guidance_method(flags)
     if guidance is not None:  # the guidance schedule flags are unused by plain SD
-        try:
-            guidance.check_schedule(steps=flags.steps,
-                                    start=img2img_start_index(flags.steps, flags.strength, flags.start_index))
-        except OptionError as err:
-            raise SettingError(err.render(option_flags(flags.method))) from err
+        for strength in flags.strength_choices or (flags.strength,):
+            try:
+                guidance.check_schedule(steps=flags.steps,
+                                        start=img2img_start_index(flags.steps, strength, flags.start_index))
+            except OptionError as err:
+                raise SettingError(err.render(option_flags(flags.method))) from err
     global_shard(flags.split, flags.total_split)  # refuses a --split outside [0, --total_split)
     if guidance is not None and guidance.uses_energy and not any(
             w > 0 for w in energy_weights(flags.optimize_targets, flags.gs, flags.ls)):
@@ -351,7 +375,9 @@ def resolve(config: ExpandConfig) -> ExpandJob:
         guidance=guidance,
         energy=EnergyTerms(K=flags.K, cluster=flags.cluster, gs=flags.gs, ls=flags.ls,
                            optimize_targets=flags.optimize_targets, raw_guide_input=flags.raw_guide_input),
-        selection=Selection(candidates=flags.candidates, select=flags.select), seed=flags.seed,
+        selection=Selection(candidates=flags.candidates, select=flags.select),
+        tokens=ClassTokens(learned=flags.class_tokens == "learned", inversion_steps=flags.inversion_steps),
+        strengths=StrengthDraw(choices=tuple(flags.strength_choices or ())), seed=flags.seed,
         resolution=flags.resolution, crop=flags.crop, precision=flags.precision,
         gradient_checkpointing=flags.gradient_checkpointing, local_files_only=flags.local_files_only,
         batch_size=flags.batch_size, split=flags.split, total_split=flags.total_split,

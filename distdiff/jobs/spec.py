@@ -38,11 +38,13 @@ class SpecError(UserError):
 
 @dataclass(frozen=True)
 class Experiment:
-    """One expansion method: `name` (its folders), `label` (its row) and its expand.py flags."""
+    """One expansion method: `name` (its folders), `label` (its row), its expand.py flags and its own
+    train_expand.py flags (DA-Fusion's --synthetic_probability)."""
 
     name: str
     label: str
     flags: tuple[str, ...] = ()
+    train_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
 textual-inversion token per class (distdiff/method/textual_inversion.py), then makes img2img copies
 of each real image with the prompt "a photo of a <class_token>" at a strength drawn per image from
 STRENGTHS, and trains on each real image or, with probability SYNTHETIC_PROBABILITY, one of its own
-copies (distdiff/data/real_or_synthetic.py). docs/METHOD.md, "DA-Fusion (a rival, in the same
-harness)", says what differs here.
+copies (distdiff/data/real_or_synthetic.py). docs/METHOD.md#da-fusion-a-rival-in-the-same-harness
+says what differs here.
 """
 
 from __future__ import annotations

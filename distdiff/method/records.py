@@ -31,6 +31,8 @@ class Record(Enum):
     # Selection among k candidates (distdiff/runs/selection.py): the kept candidate's index and its score.
     CANDIDATE = "candidate"
     SELECTION_SCORE = "selection_score"
+    # The image's own img2img strength where each image draws one (DA-Fusion's per-image strength; expansion.py).
+    STRENGTH = "strength"
 
     @classmethod
     def energy(cls, level: str, when: str) -> "Record":

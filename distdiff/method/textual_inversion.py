@@ -13,7 +13,7 @@ textual-inversion example) and its launch scripts scripts/fine_tuning/fine_tune_
 - the learned rows are saved as {token: [D] tensor} with torch.save (their learned_embeds.bin, merged over
   classes by aggregate_embeddings.py) and applied to a tokenizer + text encoder as their load_embeddings does.
 
-Differences, all documented in docs/METHOD.md ("DA-Fusion (a rival, in the same harness)"): one torch.Generator
+Differences, all documented in docs/METHOD.md#da-fusion-a-rival-in-the-same-harness: one torch.Generator
 draws every random choice (their global seeds); full precision (their fp16 and gradient checkpointing only save
 GPU memory); the latents are scaled by the VAE's own scaling_factor (their constant 0.18215 is SD v1's); an
 initializer word that is not one token of the tokenizer (a small tokenizer may lack it) falls back to the mean of

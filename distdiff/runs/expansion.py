@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,14 +57,17 @@ from distdiff.runs.manifest import (MANIFEST, ManifestReader, append_manifest, m
                                     repair_manifest)
 from distdiff.method.prototypes import PrototypeFileError, Prototypes
 from distdiff.method.observers import CandidateScore, EnergyRecorder
-from distdiff.method.records import RECORD_KEYS
-from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline
+from distdiff.method.dafusion import draw_strength
+from distdiff.method.records import RECORD_KEYS, Record
+from distdiff.method.textual_inversion import load_embeddings, save_embeddings
+from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, DistDiffOutput
 from distdiff.pipelines.sampling import PromptEmbeddings, SamplingConfig, image_seed, make_generators
 from distdiff.utils.settings import changed_settings
 
 logger = logging.getLogger(__name__)
 
 PROTOTYPES = "prototypes.pt"
+CLASS_TOKENS = "class_tokens.pt"  # DA-Fusion's learned tokens of this folder ({token: [D] tensor})
 RUN_CONFIG = "expand_config.json"
 LOCK = ".expand.lock"
 CLAIMS = ".claims"  # per-source claim locks of the runs working in OUT
@@ -355,16 +358,61 @@ def source_probabilities(guide: GuideEnergy, dataset: LabeledImages, indices: Se
         return torch.cat([guide.logits_and_features(pixels(i))[0] for i in indices]).softmax(dim=-1)
 
 
+def image_strengths(items: Sequence[WorkItem], choices: Sequence[float], default: float) -> list[float]:
+    """Each image's img2img strength: drawn from `choices` (equally likely) by its own strength seed, else `default`."""
+    if not choices:
+        return [default] * len(items)
+    equal = [1.0 / len(choices)] * len(choices)
+    return [draw_strength(torch.Generator().manual_seed(image_seed(it.seed, "strength")), strengths=choices,
+                          probabilities=equal) for it in items]
+
+
+def shared_class_tokens(state, out_dir: Path, learn: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """DA-Fusion's learned class tokens for every process: OUT/class_tokens.pt if there, else learned once (under
+    the lock every --split job shares) and saved; sent to the other processes of a launch."""
+    def load_or_learn() -> dict[str, torch.Tensor]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / CLASS_TOKENS
+        with FileLock(str(out_dir / LOCK)):
+            if path.is_file():
+                logger.info("reusing the learned class tokens in %s", path)
+                return load_embeddings(path)
+            learned = learn()
+            save_embeddings(learned, path)
+            logger.info("saved the learned class tokens to %s", path)
+            return learned
+
+    box = [load_or_learn() if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _in_order(parts: list[tuple[list[int], DistDiffOutput]], size: int) -> DistDiffOutput:
+    """One batch's output from its strength groups' outputs (each with its positions in the batch)."""
+    images = [None] * size
+    records: dict = {}
+    for positions, out in parts:
+        for k, position in enumerate(positions):
+            images[position] = out.images[k]
+        for key, values in out.records.items():
+            column = records.setdefault(key, [None] * size)
+            for k, position in enumerate(positions):
+                column[position] = values[k]
+    return DistDiffOutput(images=torch.stack(images), records=records)
+
+
 def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
                   prompts: PromptEmbeddings, cache: LatentCache, params: dict, sampling: SamplingConfig,
                   guidance: Guidance | None, guide: GuideEnergy | None, batch_size: int, record_energy: bool = True,
                   progress: bool = True, shard: int = 0, num_shards: int = 1, candidates: int = 1,
-                  select: str = "energy", prompt_variants: int = 1) -> int:
+                  select: str = "energy", prompt_variants: int = 1, strength_choices: Sequence[float] = ()) -> int:
     """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
 
     `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
     With `candidates` > 1 each image is the best of that many by `select` (distdiff/runs/selection.py).
-    `prompts` holds `prompt_variants` rows per class (class_prompt_table); each image draws its own.
+    `prompts` holds `prompt_variants` rows per class (class_prompt_table); each image draws its own, and its
+    strength from `strength_choices` where given (a batch then runs as one pipeline call per strength).
     """
     if guidance is not None and guidance.uses_sources and guide is None:
         raise ExpansionError(f"--guidance {guidance.name} scores with the guide; pass --guide_checkpoint.")
@@ -381,21 +429,31 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img",
               disable=not progress) as bar:
         for batch in _claimed_batches(out_dir, todo, batch_size):
-            labels = torch.tensor([it.label for it in batch])
-            latent_params = cache.get(dataset, [it.source_index for it in batch])
-            rows = prompt_rows(guidance, batch, prompt_variants) if prompt_variants > 1 else None
-            sources = torch.tensor([it.source_index for it in batch])
-            source_probs = (source_probabilities(guide, dataset, sources.tolist())
-                            if guidance is not None and guidance.uses_sources else None)
+            strengths = image_strengths(batch, strength_choices, sampling.strength)
+            parts = []
+            for strength in dict.fromkeys(strengths):
+                positions = [k for k, s in enumerate(strengths) if s == strength]
+                group = [batch[k] for k in positions]
+                labels = torch.tensor([it.label for it in group])
+                latent_params = cache.get(dataset, [it.source_index for it in group])
+                rows = prompt_rows(guidance, group, prompt_variants) if prompt_variants > 1 else None
+                sources = torch.tensor([it.source_index for it in group])
+                source_probs = (source_probabilities(guide, dataset, sources.tolist())
+                                if guidance is not None and guidance.uses_sources else None)
 
-            def generate(seeds: list[int]):
-                observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
-                observers += [CandidateScore(guide, labels, select)] if candidates > 1 else []
-                return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds),
-                          prompt_embeds=prompts, guidance=guidance, guide=guide, observers=observers,
-                          prompt_rows=rows, source_probs=source_probs, groups=sources, **asdict(sampling))
+                def generate(seeds: list[int]):
+                    observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
+                    observers += [CandidateScore(guide, labels, select)] if candidates > 1 else []
+                    return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds),
+                              prompt_embeds=prompts, guidance=guidance, guide=guide, observers=observers,
+                              prompt_rows=rows, source_probs=source_probs, groups=sources,
+                              **asdict(replace(sampling, strength=strength)))
 
-            result = generate_best_of(generate, [it.seed for it in batch], candidates=candidates, by=select)
+                out = generate_best_of(generate, [it.seed for it in group], candidates=candidates, by=select)
+                if strength_choices:
+                    out.records[Record.STRENGTH] = [strength] * len(group)
+                parts.append((positions, out))
+            result = parts[0][1] if len(parts) == 1 else _in_order(parts, len(batch))
             records = []
             for k, it in enumerate(batch):
                 save_png_atomic(result.images[k], out_dir / it.image)

@@ -44,6 +44,23 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class ClassTokens:
+    """The class words of the prompts: the dataset's prompts with class names, or (DA-Fusion) one token per class
+    learned on the train split by textual inversion, in DA-Fusion's prompt "a photo of a <class>"."""
+
+    learned: bool = field(default=False, metadata={"param": "class_tokens_learned"})
+    inversion_steps: int = 1000  # DA-Fusion's scripts/fine_tuning/*.sh --max_train_steps=1000
+
+
+@dataclass(frozen=True)
+class StrengthDraw:
+    """Each image's img2img strength drawn from `choices`, equally likely (DA-Fusion: 1.0, 0.75, 0.5, 0.25);
+    empty: every image at the sampler's strength."""
+
+    choices: tuple[float, ...] = field(default=(), metadata={"param": "strength_choices"})
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything an image of OUT depends on besides its own seed: model, size, sampler, guidance, energy."""
 
@@ -57,10 +74,14 @@ class Recipe:
     energy: EnergyTerms
     selection: Selection
     seed: int  # the run seed each image's seed is hashed from
+    tokens: ClassTokens = field(default_factory=ClassTokens)
+    strengths: StrengthDraw = field(default_factory=StrengthDraw)
     guide_checkpoint: str | None = field(default=None)  # resolved path of the guide file, None without one
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):  # as JSON holds it, so a resumed folder's list compares equal
+        return [_plain(v) for v in value]
     return value.value if isinstance(value, Enum) else value
 
 
@@ -96,7 +117,7 @@ def recipe_defaults(recipe: Recipe) -> dict[str, Any]:
     """{param key: default} of every option of `recipe`'s sampler, guidance method and selection: the value a
     folder written before an option existed was made with (a new option's default keeps the old behaviour)."""
     defaults: dict[str, Any] = {}
-    for part in (recipe.sampling, recipe.guidance, recipe.selection):
+    for part in (recipe.sampling, recipe.guidance, recipe.selection, recipe.tokens, recipe.strengths):
         if part is not None:
             defaults.update(_flatten(type(part)()))
     return defaults

@@ -36,6 +36,16 @@ VARIANT = Grid("variant", "best option of ours", {
     "direct_p5_linear": DIRECT_P5_LINEAR,
 })
 
+# The paper's rivals (docs/METHOD.md: GIF-SD, DA-Fusion) at this repository's 5x and sampler defaults, and one
+# combination neither has: DistDiff's guidance on DA-Fusion's learned class tokens.
+GIF_SD = Experiment("gif_sd", "GIF-SD (guide in place of CLIP)", ("--guidance", "gif_sd"))
+DA_FUSION_TOKENS = ("--class_tokens", "learned")
+DA_FUSION = Experiment("dafusion", "DA-Fusion", ("--guidance", "none", *DA_FUSION_TOKENS, "--strength_choices", "1.0",
+                                                 "0.75", "0.5", "0.25"),
+                       train_flags=("--synthetic_probability", "0.5"))
+DISTDIFF_TOKENS = Experiment("distdiff_tokens", "DistDiff on DA-Fusion's learned tokens", DA_FUSION_TOKENS)
+RIVAL_ROWS = (GIF_SD, DA_FUSION, DISTDIFF_TOKENS)
+
 # docs/PROTOCOL.md's comparison: the paper's method as this repository runs it and as the authors' code does, against
 # plain SD img2img, the guide's selection and the best option of ours.
 ROWS = (SD, DISTDIFF, DISTDIFF_AUTHORS, SELECT_PROBABILITY, VARIANT)

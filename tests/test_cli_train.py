@@ -238,3 +238,14 @@ def test_single_exp_runs_whole_pipeline_replicates(tmp_path):
                      "parse_logs.py checkpoint/digits --multi --baseline base_run"]
     bad = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={**env, "REPLICATES": "1 x"})
     assert bad.returncode == 2 and "REPLICATES must be seed numbers" in bad.stderr
+    # a rival in the same harness: its own folder, its expand.py flags and (DA-Fusion) its train_expand.py flag
+    (tmp_path / "calls.txt").unlink()
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={**env, "METHOD": "dafusion"})
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert ("expand.py " + expand_args.format(r=1).replace("distdiff_5x", "dafusion_5x") + " --guidance none "
+            "--class_tokens learned --strength_choices 1.0 0.75 0.5 0.25") in calls
+    assert ("train_expand.py digits smallcnn 0.1 dafusion_5x False 0 --seed 2 --expanded_dir "
+            "expanded/digits/dafusion_5x/seed{seed} --synthetic_probability 0.5") in calls
+    bad = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={**env, "METHOD": "nope"})
+    assert bad.returncode == 2 and "METHOD must be distdiff, sd, gif_sd or dafusion" in bad.stderr

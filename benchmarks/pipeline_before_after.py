@@ -6,14 +6,17 @@ Both trees run the same `expand.py` job on the shipped tiny SD (digits, --max_so
 2 copies, DDIM 50, transform guidance at the paper's settings, energies recorded, 1 CPU thread)
 with the same guide, at each --batch_sizes value; rounds alternate which tree goes first, so a
 change of machine load hits both. The rate is expand.py's own "images/s" (sampling time, latent
-cache warm, model loading excluded). The images of the two trees are compared byte for byte: a
-speed-up that changed the images would be a different method. Prints a markdown table.
+cache warm, model loading excluded); beside it, each job's CPU seconds (user + system, the whole
+process, from getrusage), which a busy machine disturbs far less than wall time. The images of the
+two trees are compared byte for byte: a speed-up that changed the images would be a different
+method. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import resource
 import re
 import statistics
 import subprocess
@@ -53,13 +56,20 @@ def images_digest(out: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def expand(tree: Path, guide: Path, out: Path, cache: Path, args, batch_size: int) -> float:
-    """One expand.py job in `tree`; its images/s."""
+def child_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def expand(tree: Path, guide: Path, out: Path, cache: Path, args, batch_size: int) -> tuple[float, float]:
+    """One expand.py job in `tree`; its images/s and its CPU seconds."""
+    start = child_cpu_seconds()
     stdout = run([sys.executable, "expand.py", "-d", "digits", "--guide_checkpoint", str(guide),
                   "--max_source_images", str(args.sources), "--num_images_per_prompt", str(args.copies),
                   "--batch_size", str(batch_size), "--num_threads", str(args.threads), "--output_dir", str(out),
                   "--cache_dir", str(cache), "--no_report"], tree)
-    return float(RATE.search(stdout).group(2))
+    return float(RATE.search(stdout).group(2)), child_cpu_seconds() - start
 
 
 def main(args) -> list[dict]:
@@ -79,22 +89,29 @@ def main(args) -> list[dict]:
     rows = []
     for batch_size in args.batch_sizes:
         rates = {name: [] for name in trees}
+        cpu = {name: [] for name in trees}
         digests = set()
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
             for name in order:
                 out = work / f"out-{name}-b{batch_size}-r{r}"
-                rates[name].append(expand(trees[name], guide, out, work / f"cache-{name}", args, batch_size))
+                rate, seconds = expand(trees[name], guide, out, work / f"cache-{name}", args, batch_size)
+                rates[name].append(rate)
+                cpu[name].append(seconds)
                 digests.add(images_digest(out))
         ratios = [a / b for a, b in zip(rates["after"], rates["before"])]
         rows.append({"batch_size": batch_size, "before": rates["before"], "after": rates["after"], "ratios": ratios,
-                     "same_images": len(digests) == 1})
+                     "cpu_before": cpu["before"], "cpu_after": cpu["after"], "same_images": len(digests) == 1})
     print(f"\n| batch | images/s before ({args.before}) | images/s after | after / before per round | median | "
-          f"same images |\n|---|---|---|---|---|---|")
+          f"CPU s per job before | CPU s per job after | median CPU s before / after | same images |\n"
+          f"|---|---|---|---|---|---|---|---|---|")
     for row in rows:
+        cpu_ratio = statistics.median(b / a for a, b in zip(row["cpu_after"], row["cpu_before"]))
         print(f"| {row['batch_size']} | {', '.join(f'{v:.2f}' for v in row['before'])} | "
               f"{', '.join(f'{v:.2f}' for v in row['after'])} | {', '.join(f'{v:.3f}' for v in row['ratios'])} | "
-              f"{statistics.median(row['ratios']):.3f} | {'yes' if row['same_images'] else 'NO'} |")
+              f"{statistics.median(row['ratios']):.3f} | {', '.join(f'{v:.1f}' for v in row['cpu_before'])} | "
+              f"{', '.join(f'{v:.1f}' for v in row['cpu_after'])} | {cpu_ratio:.3f} | "
+              f"{'yes' if row['same_images'] else 'NO'} |")
     return rows
 
 

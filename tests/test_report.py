@@ -22,7 +22,7 @@ from distdiff.report.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCE
 from distdiff.models.packaged_weights import MISSING_PACKAGE
 from distdiff.report.build import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
 from distdiff.report import glance
-from distdiff.report.html import fmt, seeded_sources
+from distdiff.report.html import GLANCE_CELL, _cell, fmt, glance_section, seeded_sources
 from distdiff.report.metrics import ReportError, fid_kid, label_fidelity
 from distdiff.method.records import ENERGY_KEYS
 from scripts import report as report_cli
@@ -138,7 +138,7 @@ def test_report_json_of_a_tiny_expansion(copies_report, digits_guide_checkpoint)
 def test_html_is_one_file_whose_images_are_embedded_pngs(copies_report):
     out, _, report = copies_report
     page = parse_page(out / REPORT_HTML)
-    assert len(page.links) == 11  # 10 contact sheets and the energy histograms
+    assert len(page.links) == 19  # 4 classes x (real, synthetic) at a glance, 10 contact sheets, energy histograms
     for link in page.links:
         assert link.startswith("data:image/png;base64,"), link[:60]
         with Image.open(io.BytesIO(base64.b64decode(link.split(",", 1)[1]))) as image:
@@ -531,3 +531,58 @@ def test_glance_numbers_are_rounded_to_a_few_significant_digits():
     assert [glance.significant(v) for v in (1234.5, 0.045678, 4.0, 10.0, 99.96)] == ["1230", "0.0457", "4", "10",
                                                                                         "100"]
     assert glance.times(4.0) == "4x" and glance.times(12.3) == "12x" and glance.percent(0.9125) == "91.2%"
+
+
+def test_glance_of_a_hand_made_report_renders_every_sentence_and_no_blank():
+    report = hand_made_report(space=False)  # and no figures
+    page = Links()
+    page.feed(glance_section(report, {}))
+    text = " ".join(page.text)
+    for entry in glance.summarise(report)["sd"].values():
+        assert entry["verdict"] and entry["text"] and entry["text"] in text
+    assert "No synthetic image is named after a train image" in text  # no strip: said, not left blank
+
+
+def test_at_a_glance_is_the_first_section_of_the_page(copies_report):
+    out, _, report = copies_report
+    page = parse_page(out / REPORT_HTML)
+    assert page.tags[page.tags.index("/h1") + 1] == "section"  # right under the title
+    headings, seen = [], []
+    parser = HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: seen.append(tag)
+    parser.handle_data = lambda data: headings.append(data) if seen and seen[-1] == "h2" else None
+    parser.feed((out / REPORT_HTML).read_text())
+    assert headings[0] == "At a glance" and headings[1] == "The expansions and the real images"
+    html_text = (out / REPORT_HTML).read_text()
+    assert html_text.index("</section>") < html_text.index("Distribution distance")
+    text = " ".join(page.text)
+    verdicts = report["at_a_glance"]["identity_2x"]
+    assert verdicts["copying"]["verdict"] == "Copying: copies stay close to their sources"  # they are the sources
+    assert "100% of the copies are their source returned unchanged" in verdicts["copying"]["text"]
+    assert verdicts["distance"]["status"] == "missing"  # this report measured no independent space
+    for entry in verdicts.values():
+        assert entry["text"] in text
+
+
+def test_glance_strip_shows_real_files_of_the_expansion(copies_report):
+    out, _, report = copies_report
+    strip = report["figures"]["identity_2x"]["glance_strip"]["classes"]
+    assert [c["class"] for c in strip] == ["0", "3", "6", "9"]  # spread over the classes
+    train = load_dataset("digits", "train")
+    by_stem = {s.stem: k for k, s in enumerate(train.samples)}
+    images = parse_page(out / REPORT_HTML).links
+    sheets = report["figures"]["identity_2x"]["contact_sheets"]
+    for row in strip:
+        assert row["real_stem"] == sheets[row["class"]]["sources"][0]  # the contact sheet's first source
+        assert len(row["synthetic"]) == COPIES
+        for name in row["synthetic"]:
+            path = out / name
+            assert path.is_file() and path.parent.name == row["class"] and path.name.startswith(row["real_stem"])
+    # The embedded strip images are these files: decode the page's images and find each file's pixels in them.
+    decoded = [Image.open(io.BytesIO(base64.b64decode(link.split(",", 1)[1]))).convert("RGB") for link in images]
+    for row in strip:
+        real = _cell(train.load_image(by_stem[row["real_stem"]]), GLANCE_CELL)
+        assert any(d.size == real.size and d.tobytes() == real.tobytes() for d in decoded)
+        first = _cell(Image.open(out / row["synthetic"][0]).convert("RGB"), GLANCE_CELL)
+        assert any(d.size[1] == GLANCE_CELL and d.crop((0, 0, GLANCE_CELL, GLANCE_CELL)).tobytes() == first.tobytes()
+                   and d.size[0] > GLANCE_CELL for d in decoded)

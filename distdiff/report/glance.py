@@ -49,7 +49,7 @@ GLANCE_SPACES = ("efficientnet_lite0", "inception")
 YARDSTICK_SET = "real train (yardstick)"  # the distribution rows' yardstick (build._distribution)
 COPY_YARDSTICK = "real train, same class (yardstick)"  # the copying section's yardstick (build._guide_sections)
 
-OK, WORSE, MISSING = "ok", "warn", "missing"  # a verdict's tone on the page (its CSS class)
+OK, WORSE, MISSING = "ok", "warn", "missing"  # a verdict's tone: the colour of its mark on the page (CSS tone-*)
 
 
 def significant(value: float, digits: int = 3) -> str:
@@ -155,9 +155,11 @@ def distance(report: dict, run: dict) -> dict:
     name, section = _space(report)
     if name is None:
         reason = (section or {}).get("reason", "no independent feature space in this report")
+        guide_space = report.get("distribution", {}).get("guide", {}).get("status") == "ok"
         return _missing(topic, f"No feature space independent of the guide was measured: {reason}. So this report "
-                               f"cannot say how close the images are to held-out real ones; the guide's own space "
-                               f"(tables below) is the one the guidance optimises, no neutral ruler.")
+                               f"cannot say how close the images are to held-out real ones"
+                        + ("; the guide's own space (tables below) is the one the guidance optimises, no neutral "
+                           "ruler." if guide_space else "."))
     rows = {(r["set"], r["reference"]): r["overall"] for r in section["rows"]}
     yard, own = rows.get((YARDSTICK_SET, heldout)), rows.get((run["name"], heldout))
     title = section.get("title", name)

@@ -1,7 +1,8 @@
 #!/bin/sh
-# Render OUT/report.html in headless Chromium (Debian package `chromium`) to OUT/report_screenshot.png,
-# so a person can see that the page shows its images and tables. Nothing is fetched: the report is
-# one self-contained file and Chromium's background networking is off.
+# Render OUT/report.html in headless Chromium (Debian package `chromium`) to OUT/report_screenshot.png (the whole
+# page) and OUT/report_first_screen.png (what a 1280x800 window shows first: the "At a glance" section), so a person
+# can see that the page shows its images, verdicts and tables. Nothing is fetched: the report is one
+# self-contained file and Chromium's background networking is off.
 #   sh scripts/check_report_browser.sh OUT [WIDTH,HEIGHT]
 set -eu
 if [ "$#" -lt 1 ]; then
@@ -10,6 +11,7 @@ if [ "$#" -lt 1 ]; then
 fi
 OUT=$(cd "$1" && pwd)
 SIZE=${2:-1280,4000}
+FIRST_SCREEN=1280,800  # a laptop browser window: what the reader takes in before scrolling
 if [ ! -f "$OUT/report.html" ]; then
   echo "$0: $OUT/report.html does not exist; run python scripts/report.py $1 first" >&2
   exit 1
@@ -20,9 +22,13 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 PROFILE=$(mktemp -d)
 trap 'rm -rf "$PROFILE"' EXIT
-chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
-  --disable-sync --no-first-run --user-data-dir="$PROFILE" --hide-scrollbars \
-  --screenshot="$OUT/report_screenshot.png" --window-size="$SIZE" "file://$OUT/report.html" 2>"$PROFILE/chromium.log" \
-  || { cat "$PROFILE/chromium.log" >&2; exit 1; }
-test -s "$OUT/report_screenshot.png"
-echo "wrote $OUT/report_screenshot.png"
+shoot() {  # shoot PNG WIDTH,HEIGHT
+  chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+    --disable-sync --no-first-run --user-data-dir="$PROFILE" --hide-scrollbars \
+    --screenshot="$1" --window-size="$2" "file://$OUT/report.html" 2>"$PROFILE/chromium.log" \
+    || { cat "$PROFILE/chromium.log" >&2; exit 1; }
+  test -s "$1"
+  echo "wrote $1"
+}
+shoot "$OUT/report_screenshot.png" "$SIZE"
+shoot "$OUT/report_first_screen.png" "$FIRST_SCREEN"

@@ -21,7 +21,8 @@ from distdiff.report.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCE
                                             load_inception, space_features)
 from distdiff.models.packaged_weights import MISSING_PACKAGE
 from distdiff.report.build import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
-from distdiff.report.html import fmt, seeded_sources
+from distdiff.report import glance
+from distdiff.report.html import GLANCE_CELL, _cell, fmt, glance_section, seeded_sources
 from distdiff.report.metrics import ReportError, fid_kid, label_fidelity
 from distdiff.method.records import ENERGY_KEYS
 from scripts import report as report_cli
@@ -137,7 +138,7 @@ def test_report_json_of_a_tiny_expansion(copies_report, digits_guide_checkpoint)
 def test_html_is_one_file_whose_images_are_embedded_pngs(copies_report):
     out, _, report = copies_report
     page = parse_page(out / REPORT_HTML)
-    assert len(page.links) == 11  # 10 contact sheets and the energy histograms
+    assert len(page.links) == 19  # 4 classes x (real, synthetic) at a glance, 10 contact sheets, energy histograms
     for link in page.links:
         assert link.startswith("data:image/png;base64,"), link[:60]
         with Image.open(io.BytesIO(base64.b64decode(link.split(",", 1)[1]))) as image:
@@ -365,6 +366,10 @@ def test_report_measures_in_the_independent_space_by_default(tmp_path, monkeypat
     yardstick, _, inverted = section["rows"]
     assert sorted(inverted["per_class"]) == [str(d) for d in range(10)]
     assert inverted["overall"]["fid"] > 10 * yardstick["overall"]["fid"]  # inverted digits are far from real ones
+    verdict = report["at_a_glance"]["run"]["distance"]  # and the first screen says so, in the independent space
+    assert verdict["space"] == "efficientnet_lite0" and verdict["fid"] == inverted["overall"]["fid"]
+    assert re.fullmatch(r"Distance to real test images: \d+x further than the real train images are",
+                        verdict["verdict"]), verdict["verdict"]
     page = parse_page(out / REPORT_HTML)
     text = " ".join(page.text)
     assert "Distribution distance: efficientnet_lite0 features" in text
@@ -427,3 +432,157 @@ def test_expand_refuses_a_report_space_it_cannot_measure_before_any_work(tmp_pat
     with pytest.raises(SystemExit, match="expand.py: error: --feature_space inception: no --inception_weights FILE"):
         expand.main(expand.parse_args(argv))
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# At a glance: the first screen
+
+
+def hand_made_report(*, fid=11.0, yardstick_fid=10.0, space=True, guide=True, judge=False, share=0.9, real=0.92,
+                     copy=0.1, same_class=0.8, unchanged=0.0, guidance="transform") -> dict:
+    """The smallest report dict the first screen reads: one run 'sd', held-out split 'test'."""
+    def overall(value, n_fake):
+        return {"overall": {"fid": value, "n_fake": n_fake, "n_real": 600, "kid_mean": 0.0, "kid_std": 0.0}}
+
+    report = {"dataset": "digits", "real": {"train": {"split": "train", "n": 100}, "heldout": {"split": "test", "n": 600}},
+              "runs": [{"name": "sd", "images": 200, "sources": 100, "config": {"guidance": guidance}}],
+              "distribution": {"guide": {"status": "ok", "rows": []},
+                               "efficientnet_lite0": (
+                                   {"status": "ok", "title": "ImageNet EfficientNet-Lite0 (independent of the guide)",
+                                    "rows": [{"set": "real train (yardstick)", "reference": "test",
+                                              **overall(yardstick_fid, 100)},
+                                             {"set": "sd", "reference": "test", **overall(fid, 200)}]}
+                                   if space else {"status": "missing", "reason": "not asked for (--feature_space)"}),
+                               "inception": {"status": "missing", "reason": "no --inception_weights FILE given"}}}
+    if not guide:
+        reason = "no guide checkpoint (none in expand_config.json and no --guide_checkpoint)"
+        return report | {"label_fidelity": {"status": "missing", "reason": reason},
+                         "copying": {"status": "missing", "reason": reason}}
+    fidelity = {"sd": {"overall": {"share": share, "n": 200}}, "test": {"overall": {"share": real, "n": 600}}}
+    report["label_fidelity"] = {"guide": fidelity} | ({"judge": {"sd": {"overall": {"share": share - 0.1, "n": 200}},
+                                                                "test": {"overall": {"share": real, "n": 600}}},
+                                                      "judge_checkpoint": "judge.pth.tar"} if judge else {})
+    report["copying"] = {"sd": {"sources": 100, "copy_to_source": copy, "among_copies": 0.2,
+                                "unchanged_share": unchanged},
+                         "real train, same class (yardstick)": {"among_copies": same_class}}
+    return report
+
+
+def glance_of(**kwargs) -> dict:
+    return glance.summarise(hand_made_report(**kwargs))["sd"]
+
+
+def test_glance_distance_reads_the_fid_ratio_to_real_train_in_words():
+    near = glance_of(fid=11.0, yardstick_fid=10.0)["distance"]
+    assert near["verdict"] == "Distance to real test images: about as close as the real train images are"
+    assert near["ratio"] == pytest.approx(1.1) and near["tone"] == "ok" and near["space"] == "efficientnet_lite0"
+    assert near["figures"] == "FID 11 vs 10 for real train images"
+    assert "FID 11 between the synthetic images and the 600 held-out test images, against 10 between the 100 real " \
+           "train images" in near["text"]
+    far = glance_of(fid=40.0, yardstick_fid=10.0)["distance"]
+    assert far["verdict"] == "Distance to real test images: 4x further than the real train images are"
+    assert far["tone"] == "warn"
+    assert "4.4x further" in glance_of(fid=43.712, yardstick_fid=10.0)["distance"]["verdict"]
+    assert "FID 123 " in glance_of(fid=123.456)["distance"]["text"]  # rounded to 3 significant digits
+    closer = glance_of(fid=5.0, yardstick_fid=10.0)["distance"]
+    assert "closer than the real train images are (0.5x their distance)" in closer["verdict"]
+    assert "part of the gap is sample size" not in near["text"]
+
+
+def test_glance_says_plainly_when_no_independent_space_was_measured():
+    entry = glance_of(space=False)["distance"]
+    assert entry["status"] == "missing" and entry["verdict"] == "Distance to real test images: not measured"
+    assert entry["text"].startswith("No feature space independent of the guide was measured: not asked for "
+                                    "(--feature_space).")
+    assert "fid" not in entry and "ratio" not in entry  # no made-up number
+    no_fid = glance_of(fid=None)["distance"]
+    assert no_fid["status"] == "missing" and "could not be computed" in no_fid["text"]
+
+
+def test_glance_label_fidelity_beside_the_classifiers_real_accuracy():
+    same = glance_of(share=0.9, real=0.92)["label_fidelity"]
+    assert same["verdict"] == "Labels: kept about as well as on real images" and same["judged_by"] == "guide"
+    assert ("The guide classifier assigns 90% of the synthetic images to their intended class; on real held-out test "
+            "images it is right 92% of the time.") in same["text"]
+    assert "No independent judge was given (--judge_checkpoint); the guidance steered" in same["text"]
+    assert "guidance steered" not in glance_of(guidance="none")["label_fidelity"]["text"]
+    assert glance_of(share=0.6, real=0.92)["label_fidelity"]["verdict"] == "Labels: recognised less often than real images"
+    judged = glance_of(share=0.9, real=0.92, judge=True)["label_fidelity"]  # the judge says 80%: it leads
+    assert judged["judged_by"] == "judge" and judged["verdict"] == "Labels: recognised less often than real images"
+    assert "The independent judge (--judge_checkpoint) assigns 80% " in judged["text"] and "guide classifier" in \
+        judged["text"]
+    missing = glance_of(guide=False)["label_fidelity"]
+    assert missing["verdict"] == "Labels: not measured" and "no guide checkpoint" in missing["text"]
+
+
+def test_glance_copying_beside_the_distance_between_two_real_images_of_a_class():
+    close = glance_of(copy=0.1, same_class=0.8, unchanged=0.25)["copying"]
+    assert close["verdict"] == "Copying: copies stay close to their sources" and close["ratio"] == pytest.approx(0.125)
+    assert ("a copy lies on average 0.1 from its source, while two different real train images of the same class lie "
+            "0.8 apart (0.12x that gap). 25% of the copies are their source returned unchanged.") in close["text"]
+    assert glance_of(copy=0.75, same_class=0.8)["copying"]["verdict"].startswith("Copying: copies are far from")
+    assert glance_of(copy=0.5, same_class=0.8)["copying"]["verdict"] == "Copying: copies move part of the way from " \
+                                                                       "their sources"
+    missing = glance_of(guide=False)["copying"]
+    assert missing["status"] == "missing" and "guide's features" in missing["text"] and "copy_to_source" not in missing
+
+
+def test_glance_numbers_are_rounded_to_a_few_significant_digits():
+    assert [glance.significant(v) for v in (1234.5, 0.045678, 4.0, 10.0, 99.96)] == ["1230", "0.0457", "4", "10",
+                                                                                        "100"]
+    assert glance.times(4.0) == "4x" and glance.times(12.3) == "12x" and glance.percent(0.9125) == "91.2%"
+
+
+def test_glance_of_a_hand_made_report_renders_every_sentence_and_no_blank():
+    report = hand_made_report(space=False)  # and no figures
+    page = Links()
+    page.feed(glance_section(report, {}))
+    text = " ".join(page.text)
+    for entry in glance.summarise(report)["sd"].values():
+        assert entry["verdict"] and entry["text"] and entry["text"] in text
+    assert "No synthetic image is named after a train image" in text  # no strip: said, not left blank
+
+
+def test_at_a_glance_is_the_first_section_of_the_page(copies_report):
+    out, _, report = copies_report
+    page = parse_page(out / REPORT_HTML)
+    assert page.tags[page.tags.index("/h1") + 1] == "section"  # right under the title
+    headings, seen = [], []
+    parser = HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: seen.append(tag)
+    parser.handle_data = lambda data: headings.append(data) if seen and seen[-1] == "h2" else None
+    parser.feed((out / REPORT_HTML).read_text())
+    assert headings[0] == "At a glance" and headings[1] == "The expansions and the real images"
+    html_text = (out / REPORT_HTML).read_text()
+    assert html_text.index("</section>") < html_text.index("Distribution distance")
+    text = " ".join(page.text)
+    verdicts = report["at_a_glance"]["identity_2x"]
+    assert verdicts["copying"]["verdict"] == "Copying: copies stay close to their sources"  # they are the sources
+    assert "100% of the copies are their source returned unchanged" in verdicts["copying"]["text"]
+    assert verdicts["distance"]["status"] == "missing"  # this report measured no independent space
+    for entry in verdicts.values():
+        assert entry["text"] in text
+
+
+def test_glance_strip_shows_real_files_of_the_expansion(copies_report):
+    out, _, report = copies_report
+    strip = report["figures"]["identity_2x"]["glance_strip"]["classes"]
+    assert [c["class"] for c in strip] == ["0", "3", "6", "9"]  # spread over the classes
+    train = load_dataset("digits", "train")
+    by_stem = {s.stem: k for k, s in enumerate(train.samples)}
+    images = parse_page(out / REPORT_HTML).links
+    sheets = report["figures"]["identity_2x"]["contact_sheets"]
+    for row in strip:
+        assert row["real_stem"] == sheets[row["class"]]["sources"][0]  # the contact sheet's first source
+        assert len(row["synthetic"]) == COPIES
+        for name in row["synthetic"]:
+            path = out / name
+            assert path.is_file() and path.parent.name == row["class"] and path.name.startswith(row["real_stem"])
+    # The embedded strip images are these files: decode the page's images and find each file's pixels in them.
+    decoded = [Image.open(io.BytesIO(base64.b64decode(link.split(",", 1)[1]))).convert("RGB") for link in images]
+    for row in strip:
+        real = _cell(train.load_image(by_stem[row["real_stem"]]), GLANCE_CELL)
+        assert any(d.size == real.size and d.tobytes() == real.tobytes() for d in decoded)
+        first = _cell(Image.open(out / row["synthetic"][0]).convert("RGB"), GLANCE_CELL)
+        assert any(d.size[1] == GLANCE_CELL and d.crop((0, 0, GLANCE_CELL, GLANCE_CELL)).tobytes() == first.tobytes()
+                   and d.size[0] > GLANCE_CELL for d in decoded)

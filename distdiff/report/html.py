@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
 from string import Template
 from typing import Sequence
 
@@ -22,11 +23,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from distdiff.data.datasets import LabeledImages, per_class_orders  # noqa: E402
+from distdiff.report import glance  # noqa: E402
 from distdiff.method.records import STEP_KEYS  # noqa: E402
 
 CELL = 72  # pixels per image on a contact sheet
 GAP = 4
 SOURCE_GAP = 16  # wider gap between a source and its copies
+# The first screen's strip: per expansion, one real source and its first copies for a few classes spread over the
+# class list, at a larger size than the contact sheets so they read at a glance.
+GLANCE_CLASSES = 4
+GLANCE_COPIES = 3
+GLANCE_CELL = 88
 STAGES = ("before", "after", "final")
 STAGE_NAMES = {"before": "before guidance", "after": "right after guidance", "final": "final image"}
 
@@ -40,19 +47,20 @@ def fmt(value) -> str:
     return f"{value:.4g}"
 
 
-def _cell(image: Image.Image) -> Image.Image:
-    resample = Image.NEAREST if max(image.size) < CELL else Image.LANCZOS
-    return image.resize((CELL, CELL), resample)
+def _cell(image: Image.Image, cell: int = CELL) -> Image.Image:
+    resample = Image.NEAREST if max(image.size) < cell else Image.LANCZOS
+    return image.resize((cell, cell), resample)
 
 
-def contact_sheet(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
-    """One row per source: the source image, a wider gap, then its copies."""
+def contact_sheet(rows: Sequence[Sequence[Image.Image]], *, cell: int = CELL, source_gap: int = SOURCE_GAP
+                  ) -> Image.Image:
+    """One row per source: the source image, a wider gap, then its copies (source_gap=0: evenly spaced images)."""
     width = max(len(r) for r in rows)
-    sheet = Image.new("RGB", (width * CELL + (width - 1) * GAP + SOURCE_GAP, len(rows) * (CELL + GAP) - GAP), "white")
+    sheet = Image.new("RGB", (width * cell + (width - 1) * GAP + source_gap, len(rows) * (cell + GAP) - GAP), "white")
     for y, row in enumerate(rows):
         for x, image in enumerate(row):
-            left = x * (CELL + GAP) + (SOURCE_GAP if x else 0)
-            sheet.paste(_cell(image), (left, y * (CELL + GAP)))
+            left = x * (cell + GAP) + (source_gap if x else 0)
+            sheet.paste(_cell(image, cell), (left, y * (cell + GAP)))
     return sheet
 
 
@@ -99,23 +107,59 @@ def seeded_sources(run_sources: torch.Tensor, train_labels: Sequence[int], label
     return [int(s) for s in order if int(s) in present][:count]
 
 
+def spread(items: Sequence, count: int) -> list:
+    """`count` of `items` evenly spaced from the first to the last (all of them when there are no more), in order."""
+    if len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[round(k * (len(items) - 1) / (count - 1))] for k in range(count)]
+
+
+def glance_strip(run, train: LabeledImages, firsts: dict[int, int], copies: dict[int, list], index: int,
+                 images: dict[str, bytes]) -> dict:
+    """The first screen's strip of `run`: for GLANCE_CLASSES classes spread over those with copies, the class's first
+    seeded source (the contact sheet's first row) and up to GLANCE_COPIES of its copies, each side as one PNG.
+
+    Returns what report.json says of it: per class the real image (its train stem, and its file when it has one) and
+    the synthetic files, relative to the expansion folder, in the order shown.
+    """
+    rows = []
+    for label in spread(sorted(firsts), GLANCE_CLASSES):
+        source = firsts[label]
+        shown = [k for _, k in sorted(copies[source])][:GLANCE_COPIES]
+        real_key, synthetic_key = f"run{index}/glance_real{label}", f"run{index}/glance_synthetic{label}"
+        images[real_key] = _png(_cell(train.load_image(source), GLANCE_CELL))
+        images[synthetic_key] = _png(contact_sheet([[run.images.load_image(k) for k in shown]], cell=GLANCE_CELL,
+                                                   source_gap=0))
+        real = train.samples[source].source
+        rows.append({"class": train.classes[label], "real_stem": train.samples[source].stem,
+                     "real_file": real if isinstance(real, str) else None, "real_image": real_key,
+                     "synthetic": [str(Path(run.images.samples[k].source).relative_to(run.path)) for k in shown],
+                     "synthetic_image": synthetic_key})
+    return {"classes": rows}
+
+
 def make_figures(report: dict, runs, train: LabeledImages, *, sheet_sources: int, seed: int
                  ) -> tuple[dict, dict[str, bytes]]:
-    """Contact sheets per run and class, energy histograms per run: (what report.json says of them, PNG bytes by id)."""
+    """Contact sheets per run and class, energy histograms per run, the first screen's strip per run: (what
+    report.json says of them, PNG bytes by id)."""
     meta, images = {}, {}
     for index, run in enumerate(runs):
         entry = {"contact_sheets": {}}
-        copies = {}
+        copies, firsts = {}, {}
         for k, sample in enumerate(run.images.samples):
             copies.setdefault(int(run.sources[k]), []).append((sample.stem, k))
         for label, name in enumerate(train.classes):
             chosen = seeded_sources(run.sources, train.labels, label, sheet_sources, seed)
             if not chosen:
                 continue
+            firsts[label] = chosen[0]
             rows = [[train.load_image(s)] + [run.images.load_image(k) for _, k in sorted(copies[s])] for s in chosen]
             key = f"run{index}/sheet_class{label}"
             images[key] = _png(contact_sheet(rows))
             entry["contact_sheets"][name] = {"image": key, "sources": [train.samples[s].stem for s in chosen]}
+        entry["glance_strip"] = glance_strip(run, train, firsts, copies, index, images)
         energies = report["energies"][run.name]
         if energies.get("status") != "missing":
             key = f"run{index}/energies"
@@ -138,6 +182,17 @@ th{background:#eee}td:first-child,th:first-child{text-align:left}
 tr.yardstick td{background:#f4f4e8;font-style:italic}
 .missing{color:#a33;font-weight:bold}
 figure{display:inline-block;margin:6px 12px 12px 0}figcaption{font-size:12px}
+section.glance{border:1px solid #c9cfe0;background:#f8f9fd;border-radius:6px;padding:4px 16px 10px;margin:0 0 20px}
+section.glance h2{margin:10px 0 4px}section.glance h3{margin:12px 0 4px}
+.glance-run{display:flex;gap:22px;align-items:flex-start;flex-wrap:wrap}
+table.strip{margin:4px 0}table.strip th,table.strip td{border:none;padding:2px 4px;text-align:center;background:none}
+table.strip td.cls{font-size:14px;font-weight:bold}table.strip img{display:block}
+ul.verdicts{list-style:none;padding:0;margin:4px 0;flex:1;min-width:380px;font-size:15px;line-height:1.35}
+ul.verdicts li{margin:0 0 10px;padding:4px 10px;border-left:5px solid #8a8}
+ul.verdicts li.tone-warn{border-left-color:#d90}ul.verdicts li.tone-missing{border-left-color:#a33}
+ul.verdicts li b{font-size:17px}ul.verdicts li.tone-missing b{color:#a33}ul.verdicts li b{display:block}
+span.figures{display:block;font-size:16px}span.detail{display:block;font-size:14px;color:#444;margin-top:2px}
+p.context{font-size:14px;margin:2px 0 6px}
 </style></head><body>
 <h1>$title</h1>
 $body
@@ -308,10 +363,49 @@ def _sheets(report: dict, images: dict[str, bytes]) -> str:
     return out
 
 
+GLANCE_ORDER = ("label_fidelity", "distance", "copying")
+
+
+def _strip(strip: dict | None, images: dict[str, bytes]) -> str:
+    if not strip or not strip.get("classes"):
+        return ('<p class="missing">No synthetic image is named after a train image (&lt;stem&gt;_expand_&lt;i&gt;.png), '
+                'so no real image can be shown beside its synthetic copies.</p>')
+    rows = ""
+    for c in strip["classes"]:
+        real = _img(images, c["real_image"], f"real train image {c['real_stem']} of class {c['class']}")
+        synthetic = _img(images, c["synthetic_image"], f"synthetic images made from {c['real_stem']}")
+        rows += f'<tr><td class="cls">{_e(c["class"])}</td><td>{real}</td><td>{synthetic}</td></tr>'
+    return ('<table class="strip"><tr><th>class</th><th>real (train)</th><th>synthetic, made from it</th></tr>'
+            f"{rows}</table>")
+
+
+def glance_section(report: dict, images: dict[str, bytes]) -> str:
+    """The first section: per expansion, real beside synthetic images and the three verdicts (distdiff/report/glance)."""
+    summary = report.get("at_a_glance") or glance.summarise(report)
+    real = report["real"]
+    out = ('<section class="glance" id="at-a-glance"><h2>At a glance</h2>'
+           f'<p class="context">Dataset {_e(report["dataset"])}. Each expansion is compared with the '
+           f'{fmt(real["heldout"]["n"])} held-out real images of the {_e(real["heldout"]["split"])} split, which no step '
+           f'of the expansion saw, and with the {fmt(real["train"]["n"])} real train images it was made from. The '
+           "detailed measurements follow below.</p>")
+    for run in report["runs"]:
+        name = run["name"]
+        verdicts = "".join(f'<li class="tone-{_e(v["tone"])}"><b>{_e(v["verdict"])}</b>'
+                           + (f'<span class="figures">{_e(v["figures"])}</span>' if v.get("figures") else "")
+                           + f'<span class="detail">{_e(v["text"])}</span></li>'
+                           for v in (summary[name][key] for key in GLANCE_ORDER))
+        heading = f"<h3>{_e(name)}</h3>" if len(report["runs"]) > 1 else ""
+        out += (f'{heading}<p class="context">{fmt(run["images"])} synthetic images made from {fmt(run["sources"])} real '
+                f'train images.</p><div class="glance-run">'
+                f'{_strip(report.get("figures", {}).get(name, {}).get("glance_strip"), images)}'
+                f'<ul class="verdicts">{verdicts}</ul></div>')
+    return out + "</section>"
+
+
 def render(report: dict, images: dict[str, bytes]) -> str:
     """The report page: its text and numbers from the report dict, its figures from `images` (PNG bytes by id)."""
     heldout = report["real"]["heldout"]["split"]
-    body = _summary(report)
+    body = glance_section(report, images) + "<h2>The expansions and the real images</h2>" + _summary(report)
     for space, section in report["distribution"].items():
         body += _distribution(section, space, heldout)
     body += _fidelity(report["label_fidelity"]) + _copying(report["copying"]) + _energies(report, images) + _sheets(report, images)

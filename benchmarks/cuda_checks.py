@@ -1,0 +1,71 @@
+"""Checks only a CUDA GPU can run (benchmarks/gpu_check.sh runs them; the CPU test suite does not collect them).
+
+    python -m pytest -q benchmarks/cuda_checks.py
+
+The tiny SD on the GPU in fp16 and bf16 (the dtype a GPU expansion uses) against the same seeds in
+fp32 on the CPU, for every guidance method: the per-image generators are CPU generators, so both
+devices draw the same noise and differ only by kernels and precision. Then expand.py end to end on
+the GPU in fp16. Tolerances: twice the CPU reduced-precision differences of tests/test_precision.py
+plus the GPU's own kernels; a first GPU run that exceeds them is a finding to look at, not a
+number to widen blindly.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the CPU tests' fixtures and helpers
+
+import test_precision  # noqa: E402
+
+from distdiff.pipelines.distdiff_img2img import load_stable_diffusion  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+METHODS, _run = test_precision.METHODS, test_precision._run
+guide = test_precision.guide  # the CPU tests' random guide with prototypes (a pytest fixture)
+MAX_DIFFERENCE = {"fp16": 0.1, "bf16": 0.12}  # per pixel in [0,1], largest over the batch
+MEAN_DIFFERENCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def cpu_sd():
+    return load_stable_diffusion(str(REPO / "checkpoint" / "tiny-sd-digits"), device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gpu_reduced_precision_stays_near_cpu_fp32(cpu_sd, guide, method, precision):
+    gpu_sd = load_stable_diffusion(str(REPO / "checkpoint" / "tiny-sd-digits"), device="cuda", precision=precision)
+    assert gpu_sd.unet.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    guide.model.to("cuda")
+    try:
+        gpu = _run(gpu_sd, guide, method)
+    finally:
+        guide.model.to("cpu")
+    reference = _run(cpu_sd, guide, method)
+    difference = (gpu.images - reference.images).abs()
+    assert torch.isfinite(gpu.images).all()
+    assert difference.max() <= MAX_DIFFERENCE[precision] and difference.mean() <= MEAN_DIFFERENCE
+    assert all(torch.isfinite(torch.tensor(values)).all() for values in gpu.records.values())
+
+
+def test_expand_py_on_the_gpu_in_fp16(tmp_path):
+    sys.path.insert(0, str(REPO))
+    import expand
+    import train_original
+
+    train_original.main(train_original.parse_args(["digits", "smallcnn", "0.1", "False", "0", "--epochs", "2",
+                                                   "--output_root", str(tmp_path / "guide")]))
+    guide_file = next((tmp_path / "guide").rglob("model_best.pth.tar"))
+    result = expand.main(expand.parse_args(["-d", "digits", "--guide_checkpoint", str(guide_file), "--precision",
+                                            "fp16", "--max_source_images", "10", "--num_images_per_prompt", "2",
+                                            "--batch_size", "20", "--output_dir", str(tmp_path / "out"),
+                                            "--cache_dir", str(tmp_path / "cache"), "--no_report"]))
+    assert result["written"] == 20
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["params"]["dtype"] for r in records} == {"float16"}
+    assert all(r["D_c_final"] == r["D_c_final"] and r["eps_saturated"] is not None for r in records)  # not NaN

@@ -43,8 +43,9 @@ META = torch.device("meta")
 # Dense (no sparsity) FP16/BF16 tensor-core peaks with FP32 accumulation, what torch's half-precision matmuls use,
 # in TFLOP/s.
 GPU_PEAK_TFLOPS = {
-    "A100 SXM": 312.0,  # NVIDIA A100 Tensor Core GPU datasheet: FP16 / BF16 Tensor Core 312 TFLOPS (624 sparse)
-    "H100 SXM": 989.0,  # NVIDIA H100 Tensor Core GPU datasheet: FP16 / BF16 Tensor Core 1,979 TFLOPS with sparsity
+    "A100 SXM": 312.0,  # NVIDIA A100 Tensor Core GPU datasheet: FP16 / BF16 Tensor Core 312 TFLOPS (624 with sparsity)
+    "H100 SXM": 989.4,  # NVIDIA H100 Tensor Core GPU datasheet: FP16 / BF16 Tensor Core 1,979 TFLOPS with
+                        # sparsity, "1/2 lower without sparsity"
     "RTX 4090": 165.2,  # NVIDIA Ada Lovelace architecture whitepaper (GeForce RTX 4090 column): peak FP16 Tensor
                         # TFLOPS with FP32 accumulate 165.2 (330.4 sparse; 330.3 dense with FP16 accumulate)
 }
@@ -519,6 +520,7 @@ def estimate(job: ExpandJob, train: LabeledImages, items: Sequence[WorkItem], nu
         notes.append(f"guide checkpoint {job.guide_checkpoint} not found: the run would stop there (see the warning "
                      f"above); counted as if it were there")
     guide = guide_spec(job, train)
+    logger.info("building %s and the %s guide on the meta device from their configs", job.model, guide.arch)
     models = build_meta_models(job, guide)
     geo = geometry(job, models, guide)
     strengths = image_strengths(items, job.strengths.choices, job.sampling.strength)  # each image's own draw

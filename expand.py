@@ -2,6 +2,7 @@
 
     python expand.py -d DATASET [-a GUIDE_ARCH] [--num_images_per_prompt 5] [--split S --total_split N] ...
     python expand.py -d digits --max_source_images 20 --steps 10 --guidance_step 4
+    python expand.py -d digits --dry_run   # the work, calls, FLOPs, memory and GPU time; writes nothing
     accelerate launch --num_processes 4 expand.py -d caltech-101   # one shard per GPU process
 
 Writes OUT/<class>/<source stem>_expand_<i>.png (OUT defaults to expanded/<dataset>/<distdiff|sd|
@@ -18,6 +19,7 @@ import argparse
 import logging
 
 from distdiff import cli  # first: sets the OpenMP wait policy before torch loads
+from distdiff.jobs.cost import CostReport
 from distdiff.jobs.expand import ExpandConfig, add_expand_arguments, run
 
 
@@ -32,9 +34,12 @@ def parse_config(argv=None) -> ExpandConfig:
     return cli.config_from_flags(ExpandConfig, vars(parse_args(argv)))
 
 
-def main(args: argparse.Namespace) -> dict:
+def main(args: argparse.Namespace) -> dict | CostReport:
     with cli.user_errors("expand.py"):
         result = run(cli.config_from_flags(ExpandConfig, vars(args)))
+    if isinstance(result, CostReport):  # --dry_run
+        print(result.format())
+        return result
     rate = result["written"] / result["seconds"] if result["written"] else 0.0
     print(f"shard {result['shard']}: wrote {result['written']} of {result['images']} images to {result['output_dir']} "
           f"in {result['seconds']:.1f} s ({rate:.2f} images/s)")

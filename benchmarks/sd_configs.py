@@ -1,8 +1,16 @@
 """Stable Diffusion v1.x component configurations as published, to build full-size models offline.
 
 Timing and memory do not depend on weight values, so a model built from these tables with random
-weights costs what SD v1.4 costs; expand_throughput.py, next to this file, is their only user.
+weights costs what SD v1.4 costs; expand_throughput.py, next to this file, builds them. As a script
+it writes them as a diffusers folder without weights, which `expand.py --dry_run --model DIR` reads:
+
+    python benchmarks/sd_configs.py --write_configs /tmp/sd-v1-configs
 """
+
+import argparse
+import json
+import sys
+from pathlib import Path
 
 # CompVis/stable-diffusion-v1-4 unet/config.json: 859,520,964 parameters.
 SD_V1_UNET = {
@@ -52,3 +60,36 @@ SD_V1_TEXT_ENCODER = {
     "projection_dim": 768,
     "layer_norm_eps": 1e-5,
 }
+
+
+def write_config_folder(folder: str | Path) -> Path:
+    """SD v1.4's diffusers folder without weights: model_index.json and the unet, vae, text_encoder, scheduler (SD
+    v1's noise schedule, as DDIM) and tokenizer (the project's offline one) configurations."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    from distdiff.tiny_sd.model import SCHEDULER_CONFIG, build_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None],
+             "requires_safety_checker": False, "safety_checker": [None, None],
+             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    with torch.device("meta"):  # the config as diffusers writes it, with every default filled in; no weights made
+        UNet2DConditionModel(**SD_V1_UNET).save_config(folder / "unet")
+        AutoencoderKL(**SD_V1_VAE).save_config(folder / "vae")
+    CLIPTextConfig(**SD_V1_TEXT_ENCODER).save_pretrained(folder / "text_encoder")
+    DDIMScheduler(**SCHEDULER_CONFIG).save_config(folder / "scheduler")
+    build_tokenizer().save_pretrained(folder / "tokenizer")
+    return folder
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distdiff, as expand_ranks.py
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write_configs", required=True, metavar="DIR", help="folder to write SD v1.4's configs to")
+    print(write_config_folder(parser.parse_args().write_configs))

@@ -19,6 +19,7 @@ from distdiff.cli import configure_threads
 from distdiff.data.augment import eval_transform
 from distdiff.data.datasets import DatasetError, LabeledImages
 from distdiff.data.registry import load_dataset
+from distdiff.jobs.cost import CostReport, estimate
 from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, add_expand_arguments, resolve
 from distdiff.method.dafusion import class_prompt
 from distdiff.method.guidance import GuideEnergy
@@ -196,12 +197,15 @@ def write_run_report(job: ExpandJob, guide_checkpoint: str | None, device) -> No
         logger.warning("no report written for %s: %s. Fix that, then run `python scripts/report.py %s`.", out, err, out)
 
 
-def run(config: ExpandConfig) -> dict:
-    """One expansion job (this process's shard); returns counts, timing and the manifest's means."""
+def run(config: ExpandConfig) -> dict | CostReport:
+    """One expansion job (this process's shard); returns counts, timing and the manifest's means. With --dry_run,
+    its cost instead, before any weight is read or any file written."""
     job = resolve(config)
     state = start_process(job)
     train = load_dataset(job.dataset, "train", root=job.data_root)
     work = plan_work(job, train, state)
+    if config.dry_run:  # the whole work list's cost (every shard of every --split job), from the model's configs
+        return estimate(job, train, work.all_items, work.num_shards)
     sd, recipe = load_model(job, state.device)
     params = open_output(job, recipe)
     guide = load_guide(job, train, state)

@@ -9,7 +9,8 @@
 #      a torch.compile'd UNet, with peak memory per batch;
 #   4. one guided full-size image in fp32, fp16 and bf16 (benchmarks/full_size_precision.py): the
 #      fp16/bf16-vs-fp32 image difference and finite energies;
-#   5. the dry run's estimate (expand.py --dry_run) beside what 3 measured.
+#   5. the dry run's estimate for the same full-size path (expand.py --dry_run on SD v1 configs,
+#      docs/COST.md) beside what 3 measured.
 # Writes OUT (default gpu_check/) with one log and JSON per step; copy the tables into
 # benchmarks/RESULTS.md with the date and the GPU.
 #   sh benchmarks/gpu_check.sh [OUT]
@@ -38,12 +39,13 @@ step machine 30 sh -c 'nvidia-smi; python -c "import torch, diffusers; print(tor
 step cuda_checks 80 python -m pytest -q benchmarks/cuda_checks.py
 step throughput_fp16 110 python benchmarks/expand_throughput.py --device cuda --precision fp16 \
   --batch_sizes 1 2 4 8 16 --repeats 1 --output_json "$OUT/throughput_fp16.json"
-step throughput_bf16 60 python benchmarks/expand_throughput.py --device cuda --precision bf16 \
+step throughput_bf16 50 python benchmarks/expand_throughput.py --device cuda --precision bf16 \
   --batch_sizes 1 8 16 --repeats 1 --output_json "$OUT/throughput_bf16.json"
 step throughput_compile 110 python benchmarks/expand_throughput.py --device cuda --precision fp16 --compile \
   --batch_sizes 8 16 --repeats 1 --output_json "$OUT/throughput_compile.json"
 step precision 60 python benchmarks/full_size_precision.py --device cuda --modes fp32 fp16 bf16 \
   --json "$OUT/precision.json"
-step dry_run 30 python expand.py -d digits --dry_run
+step dry_run 40 sh -c "python benchmarks/sd_configs.py --write_configs '$OUT/sd-v1-configs' && python expand.py \
+  -d digits --model '$OUT/sd-v1-configs' -a resnet50 --raw_guide_input --batch_size 1 --dry_run"
 echo "== tables: $OUT/throughput_*.log, $OUT/precision.log; the dry run's estimate: $OUT/dry_run.log"
 exit $status

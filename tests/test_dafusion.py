@@ -176,9 +176,15 @@ def test_expand_py_learns_the_tokens_once_draws_strengths_and_keeps_images_batch
     stamp = (tmp_path / "a" / CLASS_TOKENS).stat().st_mtime_ns
     assert expand.main(expand.parse_args(argv(tmp_path / "a", "--batch_size", "6")))["written"] == 0  # resumed
     assert (tmp_path / "a" / CLASS_TOKENS).stat().st_mtime_ns == stamp  # the tokens were reused, not relearnt
-    # one image per call: the same tokens (seeded), strengths and images as in batches of 6 with mixed strengths
+    # one image per call: the same tokens, strengths and images as in batches of 6 with mixed strengths; the tokens
+    # are not learnt again but taken from the cache the first folder filled (the same model, split, steps and seed)
+    cached = list((tmp_path / "cache" / "class_tokens").glob("digits-*.pt"))
+    assert len(cached) == 1
+    cached[0].write_bytes(cached[0].read_bytes())  # a fresh mtime, to tell a reuse from a relearn
+    stamp = cached[0].stat().st_mtime_ns
     expand.main(expand.parse_args(argv(tmp_path / "b", "--batch_size", "1")))
     assert torch.equal(torch.load(tmp_path / "b" / CLASS_TOKENS)["<3>"], tokens["<3>"])
+    assert cached[0].stat().st_mtime_ns == stamp
     for record in records:
         assert (tmp_path / "a" / record["image"]).read_bytes() == (tmp_path / "b" / record["image"]).read_bytes()
     with pytest.raises(SystemExit, match="--inversion_steps 5 sets how --class_tokens learned"):

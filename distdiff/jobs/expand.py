@@ -7,6 +7,8 @@ this module turns the job into one call of `expansion.run_expansion` for the sha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from accelerate import PartialState
 
 from distdiff.cli import configure_threads
 from distdiff.data.augment import eval_transform
-from distdiff.data.datasets import DatasetError, LabeledImages
+from distdiff.data.datasets import DatasetError, LabeledImages, dataset_slug
 from distdiff.data.registry import load_dataset
 from distdiff.jobs.cost import CostReport, estimate
 from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, add_expand_arguments, resolve
@@ -169,7 +171,15 @@ def class_prompts(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledIma
         return learn_embeddings(load_inversion_models(job.model, device=state.device), images_by_class(train),
                                 config=config)
 
-    apply_embeddings(sd.tokenizer, sd.text_encoder, expansion.shared_class_tokens(state, job.output_dir, learn))
+    # The same learning (model, train split, steps, size, seed) gives the same tokens: learnt once per cache, shared
+    # by every folder that asks for it (DA-Fusion and DistDiff on its tokens, in a comparison).
+    key = {"model": str(Path(job.model).resolve()) if Path(job.model).is_dir() else job.model, "dataset": job.dataset,
+           "train": [[sample.label, sample.stem] for sample in train.samples], "steps": config.max_train_steps,
+           "resolution": config.resolution, "seed": config.seed}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cached = job.cache_dir / "class_tokens" / f"{dataset_slug(job.dataset)}-{digest}.pt"
+    apply_embeddings(sd.tokenizer, sd.text_encoder,
+                     expansion.shared_class_tokens(state, job.output_dir, learn, cached=cached))
     return [class_prompt(name) for name in train.classes]
 
 

@@ -367,9 +367,24 @@ def image_strengths(items: Sequence[WorkItem], choices: Sequence[float], default
                           probabilities=equal) for it in items]
 
 
-def shared_class_tokens(state, out_dir: Path, learn: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """DA-Fusion's learned class tokens for every process: OUT/class_tokens.pt if there, else learned once (under
-    the lock every --split job shares) and saved; sent to the other processes of a launch."""
+def shared_class_tokens(state, out_dir: Path, learn: Callable[[], dict[str, torch.Tensor]], *,
+                        cached: Path | None = None) -> dict[str, torch.Tensor]:
+    """DA-Fusion's learned class tokens for every process: OUT/class_tokens.pt if there, else the cached file of
+    the same learning (`cached`: same model, train split, steps, size and seed; another folder may have learnt
+    it), else learned once (under the locks every --split job and every folder share) and saved to both; sent to
+    the other processes of a launch."""
+    def cached_or_learn() -> dict[str, torch.Tensor]:
+        if cached is None:
+            return learn()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(cached) + ".lock"):
+            if cached.is_file():
+                logger.info("reusing the class tokens learnt for another folder: %s", cached)
+                return load_embeddings(cached)
+            learned = learn()
+            save_embeddings(learned, cached)
+            return learned
+
     def load_or_learn() -> dict[str, torch.Tensor]:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / CLASS_TOKENS
@@ -377,7 +392,7 @@ def shared_class_tokens(state, out_dir: Path, learn: Callable[[], dict[str, torc
             if path.is_file():
                 logger.info("reusing the learned class tokens in %s", path)
                 return load_embeddings(path)
-            learned = learn()
+            learned = cached_or_learn()
             save_embeddings(learned, path)
             logger.info("saved the learned class tokens to %s", path)
             return learned

@@ -185,8 +185,15 @@ def test_expand_py_learns_the_tokens_once_draws_strengths_and_keeps_images_batch
     expand.main(expand.parse_args(argv(tmp_path / "b", "--batch_size", "1")))
     assert torch.equal(torch.load(tmp_path / "b" / CLASS_TOKENS)["<3>"], tokens["<3>"])
     assert cached[0].stat().st_mtime_ns == stamp
+    import numpy as np
+    from PIL import Image
+
+    from test_pinned_images import ROUNDING_BAND  # batching reorders float sums: equal bytes only on some kernels
+
     for record in records:
-        assert (tmp_path / "a" / record["image"]).read_bytes() == (tmp_path / "b" / record["image"]).read_bytes()
+        a, b = (np.asarray(Image.open(tmp_path / run / record["image"]), dtype=np.int16) for run in "ab")
+        assert np.abs(a - b).max() <= ROUNDING_BAND["max_level_difference"]
+        assert (a != b).sum() <= ROUNDING_BAND["max_values_off_per_image"]
     with pytest.raises(SystemExit, match="--inversion_steps 5 sets how --class_tokens learned"):
         expand.main(expand.parse_args(argv(tmp_path / "c", "--class_tokens", "names", "--inversion_steps", "5")))
     with pytest.raises(SystemExit, match=r"--strength_choices 1.5 must be in \(0, 1\]"):

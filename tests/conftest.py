@@ -113,3 +113,11 @@ def digits_guide_checkpoint(tmp_path_factory):
             "image_size": 32, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dataset": "digits"}
     save_checkpoint(path, model, info)
     return path
+
+
+@pytest.fixture(scope="session")
+def guide_file(tmp_path_factory):
+    """A file where the guide checkpoint should be: resolve only checks that it exists."""
+    path = tmp_path_factory.mktemp("guide") / "model_best.pth.tar"
+    path.touch()
+    return path

@@ -1,25 +1,25 @@
-"""distdiff.jobs.cost and expand.py --dry_run: the calls per image by hand, the FLOPs against a real run's, the SD v1
-UNet's FLOPs against a published figure, and a dry run that writes nothing."""
+"""distdiff.jobs.cost and expand.py --dry_run: the calls times the FLOPs against a real run's, the SD v1 UNet's FLOPs
+against a published figure, the batch each GPU fits, and a dry run that writes nothing (the hand counts of the calls:
+tests/test_cost_calls.py)."""
 
 import functools
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import expand
 from distdiff.data.registry import load_dataset
-from distdiff.jobs import cost
+from distdiff.jobs import cost, cost_calls, cost_meta
 from distdiff.jobs import expand as expand_job
-from distdiff.jobs.cost import Calls
+from distdiff.jobs.cost_calls import Calls
 from distdiff.jobs.expand_config import resolve
-from distdiff.runs import expansion
-from distdiff.utils.meta_device import LiveTensorBytes, efficient_attention, gpu_attention
+from distdiff.runs import expansion, generation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from sd_configs import write_config_folder  # noqa: E402  benchmarks/sd_configs.py
@@ -34,64 +34,6 @@ NVIDIA_VAE_DECODER = 2.53933e12
 NVIDIA_TEXT_ENCODER_CFG = 0.02714e12
 # Their count and torch.utils.flop_counter's may differ in what they take in (elementwise work, norms): 10% allowed.
 PUBLISHED_TOLERANCE = 0.10
-
-
-@pytest.fixture(scope="module")
-def guide_file(tmp_path_factory):
-    """A file where the guide checkpoint should be: resolve only checks that it exists."""
-    path = tmp_path_factory.mktemp("guide") / "model_best.pth.tar"
-    path.touch()
-    return path
-
-
-def calls_of(guide_file, *flags, cfg=True, has_guide=True) -> Calls:
-    flags = ["-d", "digits", "--model", "m", "--guide_checkpoint", str(guide_file), *flags]
-    job = resolve(expand.parse_config(flags))
-    return cost.count_calls(job, cfg=cfg, has_guide=has_guide)
-
-
-# At the defaults (50 DDIM steps, strength 0.5: 25 sampled, CFG: 2 UNet passes a step, M 20, period 2, 1 iteration),
-# by hand from the sampler and the hooks; fields: UNet fwd, UNet bwd, decode fwd, decode bwd, guide fwd, guide bwd.
-HAND_COUNTS = {
-    # 25 steps + 2 look-ahead steps + the recorder's extra step; decode: final + 2 look-ahead + before/after;
-    # guide: 2 look-ahead + before/after/final.
-    "transform": ((), Calls(56, 4, 5, 2, 5, 2)),
-    "transform_no_energy_log": (("--no_energy_log",), Calls(54, 4, 3, 2, 2, 2)),
-    # 3 iterations of a 3-step look-ahead: 9 steps, each decoded, scored and backpropagated.
-    "transform_iters_period": (("--transform_iters", "3", "--guidance_period", "3"), Calls(70, 18, 12, 9, 12, 9)),
-    # the 2 guided steps are 2 of the 25, each with a backward; the recorder as transform's.
-    "direct": (("--guidance", "direct"), Calls(52, 4, 5, 2, 5, 2)),
-    "direct_no_energy_log": (("--guidance", "direct", "--no_energy_log"), Calls(50, 4, 3, 2, 2, 2)),
-    "none": (("--guidance", "none"), Calls(50, 0, 1, 0, 1, 0)),  # the final image's D_c/D_g: one guide pass
-    "none_no_energy_log": (("--guidance", "none", "--no_energy_log"), Calls(50, 0, 1, 0, 0, 0)),
-    # z_0 decoded and scored (logits + features) with a backward; the sources' logits + features; the recorder's
-    # decode and score after the perturbation, and the final score.
-    "gif_sd": (("--guidance", "gif_sd"), Calls(50, 0, 3, 1, 6, 2)),
-    "gif_sd_no_energy_log": (("--guidance", "gif_sd", "--no_energy_log"), Calls(50, 0, 2, 1, 4, 2)),
-    # 3 candidates, each transform's 56/4/5/2/5/2 plus its selection score.
-    "transform_candidates": (("--candidates", "3"), Calls(168, 12, 15, 6, 18, 6)),
-    # 2 candidates of (50, 0, 3, 1, 4, 2) + a score each; the sources' 2 passes once.
-    "gif_sd_candidates": (("--guidance", "gif_sd", "--candidates", "2"), Calls(100, 0, 6, 2, 12, 4)),
-    # strength 1.0 samples 50 steps, 0.5 samples 25: 75 UNet passes on average.
-    "none_strength_choices": (("--guidance", "none", "--strength_choices", "1.0", "0.5"), Calls(75, 0, 1, 0, 1, 0)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(HAND_COUNTS))
-def test_calls_per_image_match_the_hand_counts(guide_file, name):
-    flags, expected = HAND_COUNTS[name]
-    assert calls_of(guide_file, *flags) == expected
-
-
-def test_calls_without_cfg_or_guide(guide_file):
-    assert calls_of(guide_file, cfg=False) == Calls(28, 2, 5, 2, 5, 2)  # one UNet pass a step
-    assert calls_of(guide_file, "--guidance", "none", has_guide=False) == Calls(50, 0, 1, 0, 0, 0)  # nothing to score
-
-
-def test_calls_average_the_images_own_strengths(guide_file):
-    job = resolve(expand.parse_config(["-d", "digits", "--model", "m", "--guidance", "none", "--strength_choices",
-                                       "1.0", "0.5"]))
-    assert cost.count_calls(job, cfg=True, has_guide=False, strengths=[1.0, 1.0, 1.0, 0.5]).unet_forward == 87.5
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +72,13 @@ def test_calls_times_pass_flops_equal_a_real_runs_flops(tmp_path, digits_checkpo
     job = resolve(config)
     train = load_dataset("digits", "train")
     items = expansion.work_items(train, expansion.select_sources(train, 2), num_copies=2, seed=job.seed)
-    guide = cost.guide_spec(job, train)
-    models = cost.build_meta_models(job, guide)
-    geo = cost.geometry(job, models, guide)
-    calls = cost.count_calls(job, cfg=geo.cfg, has_guide=True,
-                             strengths=expansion.image_strengths(items, job.strengths.choices, job.sampling.strength))
-    flops = cost.measure_flops(models, geo, attention=math)
-    work = cost.plan(job, train, list(dict.fromkeys(it.source_index for it in items)), 1, has_guide=True)
+    guide = cost_meta.guide_spec(job, train)
+    models = cost_meta.build_meta_models(job, guide)
+    geo = cost_meta.geometry(job, models, guide)
+    calls = cost_calls.count_calls(job, cfg=geo.cfg, has_guide=True,
+                                   strengths=generation.image_strengths(items, job.strengths.choices, job.sampling.strength))
+    flops = cost_meta.measure_flops(models, geo, attention=math)
+    work = cost_calls.plan(job, train, list(dict.fromkeys(it.source_index for it in items)), 1, has_guide=True)
     predicted = len(items) * sum(cost.flops_by_model(calls, flops).values()) + cost.one_off_flops(work, flops)
     assert counter.get_total_flops() == pytest.approx(predicted, rel=1e-5)
 
@@ -175,6 +117,26 @@ def test_dry_run_splits_the_work_into_shards(digits_checkpoint):
     assert report.work.shard_images == [20, 15, 15]  # 10 sources dealt round-robin (4, 3, 3), 5 copies each
 
 
+def test_dry_run_measures_each_batch_a_run_may_halve_to(digits_checkpoint, capsys):
+    report = dry_run("--guide_checkpoint", str(digits_checkpoint), "--batch_size", "6")
+    assert list(report.batch_activations) == generation.halved_batches(6) == [6, 3, 1]
+    sizes = list(report.batch_activations.values())
+    assert sizes[0] > sizes[1] > sizes[2] > 0 and report.activations == sizes[0]
+    assert 1.5 < sizes[0] / sizes[1] < 2.5  # twice the images: about twice the step's tensors
+
+
+def test_the_batch_a_run_settles_on_is_the_largest_halving_that_fits(digits_checkpoint):
+    gib = 2 ** 30
+    report = replace(dry_run("--guide_checkpoint", str(digits_checkpoint)), weights={"UNet": 2 * gib},
+                     batch_activations={8: 40 * gib, 4: 20 * gib, 2: 10 * gib, 1: 5 * gib}, batch_size=8)
+    assert cost.USABLE_MEMORY == 0.9
+    assert report.settled_batch(80 * gib) == 8  # 42 GiB of 72 usable
+    assert report.settled_batch(24 * gib) == 2  # 22 GiB > 21.6 usable; 12 fits
+    assert report.settled_batch(8 * gib) == 1  # 7 GiB of 7.2 usable
+    assert report.settled_batch(6 * gib) is None  # 7 GiB > 5.4 usable even at batch 1
+    assert re.search(r"RTX 4090 .* 24 GB +2$", report.format(), flags=re.M)
+
+
 @pytest.fixture(scope="module")
 def sd_v1_report(tmp_path_factory, digits_checkpoint):
     """The dry run of SD v1.4's published configuration (benchmarks/sd_configs.py, a folder without weights)."""
@@ -199,37 +161,9 @@ def test_sd_v1_weights_are_its_published_parameters_in_fp16(sd_v1_report):
     assert 2 ** 30 < sd_v1_report.activations < 64 * 2 ** 30
 
 
-def test_live_tensor_bytes_counts_what_is_alive():
-    tracker = LiveTensorBytes()
-    with tracker:
-        a = torch.zeros(1024, device="meta")  # 4 KiB
-        b = a.view(32, 32)  # a view: no new storage
-        c = torch.zeros(2048, device="meta")  # 8 KiB
-        del c
-        d = torch.zeros(512, device="meta")  # 2 KiB
-    assert (tracker.peak, tracker.live) == (12 * 1024, 6 * 1024)
-    del a, b, d
-    assert tracker.live == 0
-
-
 def test_dry_run_goes_on_without_the_guide_and_refuses_an_unreadable_one(tmp_path, caplog, guide_file):
     report = dry_run("--guide_checkpoint", str(tmp_path / "missing.pth.tar"))
     assert "not found" in caplog.text and any("not found" in note for note in report.notes)
     assert report.calls == Calls(56, 4, 5, 2, 5, 2)  # counted as the run would make them, with its guide
     with pytest.raises(expansion.ExpansionError, match="cannot be read"):
         dry_run("--guide_checkpoint", str(guide_file))  # an empty file
-
-
-def test_gpu_attention_keeps_no_attention_matrix():
-    """On the meta device the math path stores the [L, L] attention for the backward; the GPU's kernel does not."""
-    q = torch.zeros(1, 8, 4096, 40, device="meta", dtype=torch.float16, requires_grad=True)
-    peaks = []
-    for context in (sdpa_kernel(SDPBackend.MATH), gpu_attention()):
-        tracker = LiveTensorBytes()
-        with tracker, context:
-            out = F.scaled_dot_product_attention(q, q, q)
-        assert out.shape == q.shape
-        peaks.append(tracker.peak)
-    matrix = 8 * 4096 * 4096 * 2  # one [H, L, L] attention in fp16
-    assert peaks[0] > matrix > 50 * peaks[1]  # the kernel: its output [H, L, E] and a log-sum-exp per query
-    assert F.scaled_dot_product_attention is not efficient_attention  # torch's own again

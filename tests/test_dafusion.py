@@ -143,7 +143,8 @@ def test_sampling_rule_matches_their_few_shot_dataset(probability):
 
 
 def test_each_image_draws_its_strength_from_its_own_seed():
-    from distdiff.runs.expansion import WorkItem, image_strengths
+    from distdiff.runs.expansion import WorkItem
+    from distdiff.runs.generation import image_strengths
 
     items = [WorkItem(source_index=i, label=0, class_name="0", stem=f"s{i}", copy=0, seed=500 + i) for i in range(200)]
     drawn = image_strengths(items, STRENGTHS, 0.5)

@@ -171,7 +171,8 @@ def test_the_method_checks_its_options_and_runs_as_the_final_hook():
 
 
 def test_each_image_draws_its_own_prompt_variant_from_its_seed():
-    from distdiff.runs.expansion import WorkItem, class_prompt_table, prompt_rows
+    from distdiff.runs.expansion import WorkItem
+    from distdiff.runs.generation import class_prompt_table, prompt_rows
 
     table, variants = class_prompt_table(GifGuidance(), ["a photo of the digit 0.", "a photo of the digit 1."],
                                          ["0", "1"])

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 import expand
-from distdiff.runs import expansion
+from distdiff.runs import expansion, generation
 from distdiff.data.augment import eval_transform
 from distdiff.models.classifiers import load_classifier
 from distdiff.data.datasets import LabeledImages, Sample
@@ -109,7 +109,7 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
     work_list = expansion.work_items(dataset, sources, num_copies=4, seed=7)
     assert len(work_list) == 640
     out, report = tmp_path / "out", tmp_path / "out" / "report.json"
-    real_append, appends = expansion.append_manifest, []
+    real_append, appends = generation.append_manifest, []
 
     def append_or_die(path, records):
         appends.append(path)
@@ -117,16 +117,16 @@ def test_64_ranks_make_640_images_once_and_killed_ranks_rerun_fill_the_gap(tmp_p
             raise Killed(path)
         real_append(path, records)
 
-    monkeypatch.setattr(expansion, "append_manifest", append_or_die)
+    monkeypatch.setattr(generation, "append_manifest", append_or_die)
 
     def run_rank(rank):
         shard, num_shards = expansion.global_shard(rank, 64)
         mine = set(expansion.shard_sources(sources, shard=shard, num_shards=num_shards))
         items = [it for it in work_list if it.source_index in mine]
-        written = expansion.run_expansion(
+        written = generation.run_expansion(
             seeded_images, dataset, items, out_dir=out, prompts=None, cache=NoCache(), params={},
             sampling=SamplingConfig(num_inference_steps=4, guidance_scale=1.0), guidance=None, guide=None, batch_size=4, record_energy=False, progress=False,
-            shard=shard, num_shards=num_shards)
+            shard=shard, num_shards=num_shards).written
         turn = expansion.report_due(out, work_list, report=report, made_images=written > 0)
         if turn:
             report.write_text("{}")  # what write_run_report would leave

@@ -1,45 +1,32 @@
-"""The cost of an expansion before it runs (expand.py --dry_run): the work, the model calls per image, their FLOPs,
-the peak memory of one guided step, and the time on named GPUs.
+"""The cost of an expansion before it runs (expand.py --dry_run; docs/COST.md): the work, the model calls per image,
+their FLOPs, the peak memory of one guided step, the batch each GPU fits, and the time on named GPUs.
 
-Nothing is loaded and nothing is written. The calls per image are counted from the job (`count_calls`, by reading
-the sampler, distdiff/pipelines/distdiff_img2img.py, and each guidance method's hooks). The UNet, VAE, text encoder
-and guide are built from the chosen model's own configuration files on the meta device (shapes and dtypes, no
-values; distdiff/utils/meta_device.py), where torch.utils.flop_counter counts the FLOPs of each pass, forward and
-backward, and the bytes of the tensors alive while one guided step runs give its peak memory. The GPU times are
-FLOPs over a stated share of each GPU's dense fp16 peak: an estimate until a GPU measures it.
+Nothing is loaded and nothing is written. The calls are counted from the job (distdiff/jobs/cost_calls.py); the
+FLOPs per pass and the step's peak memory are measured on the meta device, on the models built from the chosen
+model's own configs (distdiff/jobs/cost_meta.py). This module puts them together: the GPU times are FLOPs over a
+stated share of each GPU's dense fp16 peak, an estimate until a GPU measures it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from distdiff.data.datasets import LabeledImages
-from distdiff.data.registry import dataset_spec
+from distdiff.jobs.cost_calls import Calls, Work, count_calls, plan
+from distdiff.jobs.cost_meta import (Geometry, GuideSpec, PassFlops, build_meta_models, geometry, guide_spec,
+                                     measure_flops, step_memory)
 from distdiff.jobs.expand_config import ExpandJob
-from distdiff.method.direct import direct_guidance
-from distdiff.method.gif import gif_step
-from distdiff.method.guidance import AUTHORS_GUIDE_SIZE, Guidance, guide_preprocess
-from distdiff.method.transform import lookahead_energy
-from distdiff.models.classifiers import build_classifier
-from distdiff.pipelines.loading import check_model_exists, check_model_family
-from distdiff.pipelines.sampling import (PRECISIONS, PromptEmbeddings, decode_latents, default_resolution,
-                                         img2img_start_index, make_denoiser)
-from distdiff.runs.expansion import ExpansionError, WorkItem, image_strengths, shard_sources
-from distdiff.utils.meta_device import LiveTensorBytes, gpu_attention
+from distdiff.runs.expansion import WorkItem
+from distdiff.runs.generation import halved_batches, image_strengths
 
 logger = logging.getLogger(__name__)
 
-META = torch.device("meta")
 # Dense (no sparsity) FP16/BF16 tensor-core peaks with FP32 accumulation, what torch's half-precision matmuls use,
 # in TFLOP/s.
 GPU_PEAK_TFLOPS = {
@@ -50,261 +37,16 @@ GPU_PEAK_TFLOPS = {
                         # TFLOPS with FP32 accumulate 165.2 (330.4 sparse; 330.3 dense with FP16 accumulate)
 }
 UTILISATION = 0.4  # the share of that peak assumed sustained: an assumption of ours, not a measurement
+GPU_MEMORY_GIB = {  # each card's memory as its datasheet gives it (GB, read as GiB)
+    "A100 SXM": 80.0,  # NVIDIA A100 datasheet: 80GB HBM2e (a 40GB model exists too)
+    "H100 SXM": 80.0,  # NVIDIA H100 datasheet: 80GB HBM3
+    "RTX 4090": 24.0,  # GeForce RTX 4090 specifications: 24 GB GDDR6X
+}
+USABLE_MEMORY = 0.9  # the share of a card's memory a batch may fill; the rest is the CUDA context, cuBLAS/cuDNN
+                     # workspaces and the allocator's slack: an assumption of ours
 # Below this many GPU seconds per image the FLOPs do not set the time: each of the image's tens of denoising steps
 # launches hundreds of kernels of some microseconds each. A rule of thumb of ours, said with the estimate.
 LAUNCH_BOUND_SECONDS = 0.01
-GIF_GUIDE_PASSES = 2  # GIF-SD scores with GuideEnergy.logits_and_features: model(x) and model.features(x)
-
-
-@dataclass(frozen=True)
-class Calls:
-    """Model passes per image, each on one image: a CFG step is two UNet passes (the empty prompt's and the
-    class's latent); a backward is the gradient to the pass's input (the weights are frozen)."""
-
-    unet_forward: float = 0.0
-    unet_backward: float = 0.0
-    vae_decode: float = 0.0
-    vae_decode_backward: float = 0.0
-    guide_forward: float = 0.0
-    guide_backward: float = 0.0
-
-    def __add__(self, other: Calls) -> Calls:
-        return Calls(*(a + b for a, b in zip(astuple(self), astuple(other))))
-
-    def __mul__(self, k: float) -> Calls:
-        return Calls(*(a * k for a in astuple(self)))
-
-
-def sampler_calls(job: ExpandJob, strength: float, *, cfg: bool, has_guide: bool) -> Calls:
-    """The passes of one pipeline call for one image at img2img `strength` (one candidate; GIF-SD's softmax on the
-    source aside): the sampler's steps and final decode, the guidance's hooks, and the EnergyRecorder's measures."""
-    latents = 2 if cfg else 1  # UNet passes per denoising step
-    steps = job.sampling.num_inference_steps
-    sampled = steps - img2img_start_index(steps, strength, job.sampling.start_index)
-    calls = Calls(unet_forward=sampled * latents, vae_decode=1)
-    method = job.guidance.name if job.guidance is not None else "none"
-    windowed = method in ("transform", "direct")  # the EnergyRecorder measures D_c/D_g before and after the window
-    if method == "transform":  # each iteration: `period` look-ahead steps, each decoded and scored, all backpropagated
-        look = job.guidance.iterations * job.guidance.period
-        calls += Calls(look * latents, look * latents, look, look, look, look)
-    elif method == "direct":  # `period` of the sampler's steps, each with a backward through decode and guide
-        period = job.guidance.period
-        calls += Calls(0, period * latents, period, period, period, period)
-    elif method == "gif_sd":  # after the last step: decode z_0, the guide's logits and features, backward
-        calls += Calls(0, 0, 1, 1, GIF_GUIDE_PASSES, GIF_GUIDE_PASSES)
-    elif method != "none":
-        raise ValueError(f"no cost model for --guidance {method}; add it to distdiff/jobs/cost.py.")
-    if job.record_energy and has_guide:
-        if windowed:  # before: one extra CFG step's x0, decoded and scored; after: the next x0 decoded and scored
-            calls += Calls(unet_forward=latents, vae_decode=2, guide_forward=2)
-        elif method == "gif_sd":  # after the perturbation: z_0 decoded again and scored
-            calls += Calls(vae_decode=1, guide_forward=1)
-        calls += Calls(guide_forward=1)  # D_c/D_g of the final image
-    return calls
-
-
-def count_calls(job: ExpandJob, *, cfg: bool, has_guide: bool, strengths: Sequence[float] | None = None) -> Calls:
-    """Model passes per image of `job`: its pipeline call for each of --candidates (each scored by one guide pass
-    when more than one), averaged over the images' `strengths` (default: --strength_choices equally likely, or
-    --strength), plus GIF-SD's guide logits and features on the source image."""
-    strengths = strengths or job.strengths.choices or (job.sampling.strength,)
-    per_strength = {s: sampler_calls(job, s, cfg=cfg, has_guide=has_guide) for s in set(strengths)}
-    calls = sum((per_strength[s] for s in strengths), Calls()) * (1.0 / len(strengths))
-    candidates = job.selection.candidates
-    if candidates > 1:
-        calls = (calls + Calls(guide_forward=1)) * candidates
-    if job.guidance is not None and job.guidance.uses_sources:
-        calls += Calls(guide_forward=GIF_GUIDE_PASSES)
-    return calls
-
-
-@dataclass(frozen=True)
-class Work:
-    """What the job makes: sources, copies of each, images per shard (--total_split x accelerate processes), and
-    the one-off passes (per run, not per image)."""
-
-    sources: int
-    copies: int
-    shard_images: list[int]
-    vae_encodes: int  # one per source, into the latent cache (skipped where it holds the source already)
-    prompts: int  # text encoder passes: every class prompt (and variant) and the empty prompt, once
-    prototype_images: int  # guide passes over the train split for the prototypes (0 without a guide)
-
-    @property
-    def images(self) -> int:
-        return self.sources * self.copies
-
-
-def plan(job: ExpandJob, train: LabeledImages, selected: list[int], num_shards: int, *, has_guide: bool) -> Work:
-    """The work of `job` over `selected` sources of `train`, split into `num_shards` shards."""
-    copies = job.num_images_per_prompt
-    variants = len((job.guidance or Guidance()).prompt_variants(["prompt"], ["name"])[0])  # GIF-SD's 50 per class
-    return Work(sources=len(selected), copies=copies,
-                shard_images=[len(shard_sources(selected, shard=i, num_shards=num_shards)) * copies
-                              for i in range(num_shards)],
-                vae_encodes=len(selected), prompts=len(train.classes) * variants + 1,
-                prototype_images=len(train) if has_guide else 0)
-
-
-@dataclass(frozen=True)
-class GuideSpec:
-    """The guide as the run would load it: architecture, classes, input side (from its checkpoint when there is one)."""
-
-    arch: str
-    num_classes: int
-    image_size: int  # what the guide sees: its training size, or the authors' 224 with --raw_guide_input
-    source: str  # where these came from, said in the report
-
-
-def guide_spec(job: ExpandJob, train: LabeledImages) -> GuideSpec:
-    """The guide's architecture and input from its checkpoint's info (memory-mapped: no weight is read), else what
-    `train_original.py DATASET ARCH 0.1 False 0` would train: -a at the dataset's image size."""
-    path = Path(job.guide_checkpoint)
-    arch, classes, size = job.guide_arch, len(train.classes), dataset_spec(job.dataset).image_size
-    source = "no checkpoint yet: as train_original.py would train it"
-    if path.is_file():
-        try:
-            info = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["info"]
-            arch, classes, size = info["arch"], info["num_classes"], info["image_size"]
-            source = f"checkpoint {path}"
-        except (RuntimeError, OSError, KeyError, TypeError, ValueError) as err:
-            raise ExpansionError(f"guide checkpoint {path} cannot be read ({err}); it must be a model_best.pth.tar "
-                                 f"written by train_original.py.") from err
-    return GuideSpec(arch, classes, AUTHORS_GUIDE_SIZE if job.energy.raw_guide_input else size, source)
-
-
-@dataclass
-class MetaModels:
-    """The job's models built on the meta device from their configs: what `make_denoiser` and `decode_latents` take
-    as `sd` (unet, vae, device, dtype), plus the text encoder, the guide and the scheduler."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    guide: nn.Module  # a distdiff Classifier: forward -> logits, features -> pooled features
-    scheduler: DDIMScheduler
-    dtype: torch.dtype  # the SD models' (the guide stays float32, as load_classifier leaves it)
-    device: torch.device = META
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def weight_bytes(self) -> dict[str, int]:
-        """Parameters and buffers of each model, in bytes, in its dtype."""
-        models = {"UNet": self.unet, "VAE": self.vae, "text encoder": self.text_encoder, "guide": self.guide}
-        return {name: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
-                for name, m in models.items()}
-
-
-def _on_meta(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """`model` (built on the meta device) in `dtype`, frozen, in eval mode. nn.Module.to, not diffusers' own, which
-    warns about float32 modules at every cast: a meta model has no values to keep."""
-    return nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
-
-
-def build_meta_models(job: ExpandJob, guide: GuideSpec) -> MetaModels:
-    """The job's SD components and guide on the meta device from their configs (a local folder's files or, for a hub
-    id, its cached or downloadable configs): no weight is read."""
-    hub = {"local_files_only": job.local_files_only}
-    check_model_exists(job.model)
-    try:
-        check_model_family(job.model, hub)
-        unet_config = UNet2DConditionModel.load_config(job.model, subfolder="unet", **hub)
-        vae_config = AutoencoderKL.load_config(job.model, subfolder="vae", **hub)
-        text_config = CLIPTextConfig.from_pretrained(job.model, subfolder="text_encoder", **hub)
-        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(job.model, subfolder="scheduler", **hub))
-    except OSError as err:
-        raise ExpansionError(f"the dry run reads --model {job.model}'s configuration (model_index.json, unet/, vae/, "
-                             f"text_encoder/ and scheduler/ configs) and cannot: {str(err).rstrip('.')}. Without a "
-                             f"network, a hub id needs them in the Hugging Face cache; a folder of configs alone is "
-                             f"enough (`python benchmarks/sd_configs.py --write_configs DIR` writes SD v1's).") from err
-    dtype = PRECISIONS[job.precision]  # the GPU's: resolve_dtype forces float32 only on CPU
-    with META:
-        unet = _on_meta(UNet2DConditionModel.from_config(unet_config), dtype)
-        vae = _on_meta(AutoencoderKL.from_config(vae_config), dtype)
-        text_encoder = _on_meta(CLIPTextModel(text_config), dtype)
-        classifier = _on_meta(build_classifier(guide.arch, guide.num_classes), torch.float32)
-    if job.gradient_checkpointing:  # as from_components: recomputation in the guidance backward
-        unet.enable_gradient_checkpointing()
-        vae.enable_gradient_checkpointing()
-    return MetaModels(unet, vae, text_encoder, classifier, scheduler, dtype)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The sizes the passes run at."""
-
-    resolution: int  # image side in pixels
-    latent: tuple[int, int, int]  # (C, h, w)
-    guide_size: int
-    cfg: bool  # classifier-free guidance: two UNet passes per step
-
-    @property
-    def unet_batch(self) -> int:
-        return 2 if self.cfg else 1
-
-
-def geometry(job: ExpandJob, models: MetaModels, guide: GuideSpec) -> Geometry:
-    """--resolution or the model's own, checked as load_model checks it, and the latent it makes."""
-    resolution = job.resolution or default_resolution(models.unet, models.vae)
-    factor = models.vae_scale_factor
-    if resolution % factor:
-        raise ExpansionError(f"--resolution {resolution} must be a multiple of the VAE's factor {factor}.")
-    side = resolution // factor
-    cfg = job.sampling.guidance_scale > 1.0 and models.unet.config.time_cond_proj_dim is None  # as make_denoiser
-    return Geometry(resolution, (models.vae.config.latent_channels, side, side), guide.image_size, cfg)
-
-
-@dataclass(frozen=True)
-class PassFlops:
-    """FLOPs of one pass on one image, forward and backward (the gradient to its input), by torch.utils.flop_counter:
-    2 per multiply-add of matmuls, convolutions and attention; elementwise work and norms are not counted."""
-
-    forward: float
-    backward: float = 0.0
-
-
-def _counted(run: Callable[[], object], attention: Callable[[], ContextManager]) -> tuple[object, float]:
-    """run()'s result and the FLOPs it took."""
-    with attention(), FlopCounterMode(display=False) as counter:
-        result = run()
-    return result, float(counter.get_total_flops())
-
-
-def _pass_flops(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, per: int,
-                attention: Callable[[], ContextManager]) -> PassFlops:
-    """Forward and backward FLOPs of `forward` on `x` (requiring grad), divided among its `per` images."""
-    out, fwd = _counted(lambda: forward(x), attention)
-    _, bwd = _counted(lambda: torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out)), attention)
-    return PassFlops(fwd / per, bwd / per)
-
-
-def measure_flops(models: MetaModels, geo: Geometry, *, attention: Callable[[], ContextManager] = gpu_attention
-                  ) -> dict[str, PassFlops]:
-    """FLOPs per image of each pass at the job's sizes: the UNet at its CFG batch (halved), the VAE's decode and
-    encode, the guide (its features, what the energy reads), the text encoder on one prompt."""
-    c, h, w = geo.latent
-    u = geo.unet_batch
-    length, width = models.text_encoder.config.max_position_embeddings, models.unet.config.cross_attention_dim
-    embeds = torch.zeros(u, length, width, device=META, dtype=models.dtype)
-    timestep = torch.tensor(1)  # any: a pass's FLOPs do not depend on it
-
-    def latent(batch: int) -> torch.Tensor:
-        return torch.zeros(batch, c, h, w, device=META, dtype=models.dtype, requires_grad=True)
-
-    image = torch.zeros(1, 3, geo.resolution, geo.resolution, device=META, dtype=models.dtype)
-    guide_input = torch.zeros(1, 3, geo.guide_size, geo.guide_size, device=META, requires_grad=True)
-    ids = torch.zeros(1, length, dtype=torch.long, device=META)
-    with torch.enable_grad():
-        return {
-            "unet": _pass_flops(lambda z: models.unet(z, timestep, encoder_hidden_states=embeds, return_dict=False)[0],
-                                latent(u), u, attention),
-            "vae_decode": _pass_flops(lambda z: decode_latents(models, z), latent(1), 1, attention),
-            "vae_encode": PassFlops(_counted(lambda: models.vae.encode(image).latent_dist.parameters, attention)[1]),
-            "guide": _pass_flops(models.guide.features, guide_input, 1, attention),
-            "text_encoder": PassFlops(_counted(lambda: models.text_encoder(ids), attention)[1]),
-        }
 
 
 def flops_by_model(calls: Calls, flops: dict[str, PassFlops]) -> dict[str, float]:
@@ -319,72 +61,6 @@ def one_off_flops(work: Work, flops: dict[str, PassFlops]) -> float:
     """FLOPs done once per run: the sources' VAE encodes, the prompts, the prototypes' guide passes."""
     return (work.vae_encodes * flops["vae_encode"].forward + work.prompts * flops["text_encoder"].forward
             + work.prototype_images * flops["guide"].forward)
-
-
-def _guide_input(guide: GuideSpec, images: torch.Tensor, raw: bool) -> torch.Tensor:
-    """Decoded images [B,3,H,W] in [-1,1] as the guide sees them, [B,3,S,S] float32 (GuideEnergy's preprocessing)."""
-    return guide_preprocess(images, image_size=guide.image_size, mean=(0.5,) * 3, std=(0.5,) * 3, raw=raw).float()
-
-
-def step_memory(job: ExpandJob, models: MetaModels, geo: Geometry, guide: GuideSpec, *, has_guide: bool,
-                attention: Callable[[], ContextManager] = gpu_attention) -> int:
-    """Peak bytes of the tensors alive (weights aside) while a batch of --batch_size images is encoded, takes a
-    sampler step, its guided step (the method's own code, forward and backward) and its final decode and score.
-
-    The energy's prototype distances ([B, D] work) are replaced by the features' squared norm: same passes, same
-    gradients through them; GIF-SD's score likewise by a sum over the guide's softmax and features."""
-    batch, (c, h, w) = job.batch_size, geo.latent
-    steps = job.sampling.num_inference_steps
-    raw = job.energy.raw_guide_input
-    scheduler = DDIMScheduler.from_config(models.scheduler.config)
-    scheduler.set_timesteps(steps)
-    timesteps = scheduler.timesteps
-    method = job.guidance.name if job.guidance is not None else "none"
-    start = min(img2img_start_index(steps, s, job.sampling.start_index)
-                for s in job.strengths.choices or (job.sampling.strength,))
-    index = job.guidance.first_index(steps) if method in ("transform", "direct") else start
-    tracker = LiveTensorBytes()
-    with tracker, attention():
-        width = models.unet.config.cross_attention_dim
-        length = models.text_encoder.config.max_position_embeddings
-        prompts = PromptEmbeddings(torch.zeros(1, length, width, device=META, dtype=models.dtype),
-                                   torch.zeros(1, length, width, device=META, dtype=models.dtype))
-        denoise = make_denoiser(models, prompts, torch.zeros(batch, dtype=torch.long), scheduler=scheduler,
-                                guidance_scale=job.sampling.guidance_scale)
-
-        def image_energy(x0: torch.Tensor, normalize: bool = True):
-            value = models.guide.features(_guide_input(guide, decode_latents(models, x0), raw)).pow(2).sum()
-            return value, value, value
-
-        def latents() -> torch.Tensor:
-            return torch.zeros(batch, c, h, w, device=META, dtype=models.dtype)
-
-        with torch.no_grad():
-            models.vae.encode(torch.zeros(batch, 3, geo.resolution, geo.resolution, device=META, dtype=models.dtype))
-            denoise(latents(), timesteps[index])
-        if method == "transform":
-            g = job.guidance
-            shape = (batch, c, g.resolution, g.resolution)
-            scale, bias = (torch.zeros(shape, device=META, requires_grad=True) for _ in range(2))
-            with torch.enable_grad():
-                value = lookahead_energy(latents(), scale, bias, timesteps[index:index + g.period], denoise=denoise,
-                                         image_energy=image_energy, normalize=g.normalize)
-                torch.autograd.grad(value * batch, [scale, bias])
-        elif method == "direct":
-            direct_guidance(latents(), timesteps[index], denoise=denoise, image_energy=image_energy,
-                            rho=job.guidance.rho)
-        elif method == "gif_sd":
-            def score(z: torch.Tensor) -> torch.Tensor:
-                x = _guide_input(guide, decode_latents(models, z), raw)
-                return models.guide(x).softmax(dim=-1).sum() + models.guide.features(x).sum()
-
-            scale, bias = (torch.zeros(batch, c, 1, 1, device=META) for _ in range(2))
-            gif_step(latents(), scale, bias, score, step_size=job.guidance.step_size, eps=job.guidance.eps)
-        with torch.no_grad():
-            decoded = decode_latents(models, latents())
-            if has_guide:
-                models.guide.features(_guide_input(guide, decoded, raw))
-    return tracker.peak
 
 
 @dataclass(frozen=True)
@@ -405,7 +81,8 @@ class CostReport:
     image_flops: dict[str, float]  # per image, by model
     one_off: float
     weights: dict[str, int]  # bytes per model
-    activations: int  # peak bytes of one guided step's tensors, weights aside
+    activations: int  # peak bytes of one guided step's tensors at --batch_size, weights aside
+    batch_activations: dict[int, int]  # the same at each batch a run may halve to (halved_batches), largest first
     seconds: float  # how long the dry run's measurement took
     notes: list[str] = field(default_factory=list)
 
@@ -416,6 +93,13 @@ class CostReport:
     @property
     def peak_memory(self) -> int:
         return sum(self.weights.values()) + self.activations
+
+    def settled_batch(self, memory: float) -> int | None:
+        """The batch a run settles on in `memory` bytes of GPU memory (it halves on each out-of-memory error), of
+        which USABLE_MEMORY is counted usable; None where even batch 1 does not fit."""
+        weights = sum(self.weights.values())
+        return next((batch for batch, activations in self.batch_activations.items()
+                     if weights + activations <= USABLE_MEMORY * memory), None)
 
     def total_flops(self, images: int | None = None) -> float:
         """FLOPs of `images` images (default: the whole work list) and the one-off passes."""
@@ -474,11 +158,20 @@ class CostReport:
             "",
             f"GPU time: an estimate, not measured: FLOPs / (dense fp16/bf16 tensor-core peak x {UTILISATION:.0%} "
             f"utilisation, assumed)",
-            f"  {'GPU':<10}{'peak TFLOP/s':>14}{'per image':>12}{'largest shard':>15}{'whole work':>12}",
+            f"  {'GPU':<10}{'peak TFLOP/s':>14}{'per image':>12}{'largest shard':>15}{'whole work':>12}"
+            f"{'memory':>9}{'batch':>7}",
         ]
         for gpu, peak in GPU_PEAK_TFLOPS.items():
             lines.append(f"  {gpu:<10}{peak:>14g}{_duration(self.image_seconds(peak)):>12}"
-                         f"{_duration(self.gpu_seconds(peak, max(shards))):>15}{_duration(self.gpu_seconds(peak)):>12}")
+                         f"{_duration(self.gpu_seconds(peak, max(shards))):>15}{_duration(self.gpu_seconds(peak)):>12}"
+                         f"{GPU_MEMORY_GIB[gpu]:>6g} GB{self._batch_text(GPU_MEMORY_GIB[gpu] * 2 ** 30):>7}")
+        lines.append(f"  batch: what a run of --batch_size {self.batch_size} settles on (it halves the batch after an "
+                     f"out-of-memory error), the step's peak measured at each batch against "
+                     f"{USABLE_MEMORY:.0%} of the card's memory")
+        if torch.cuda.is_available():
+            memory = torch.cuda.get_device_properties(0).total_memory
+            lines.append(f"  this machine's {torch.cuda.get_device_name(0)}: {_gib(memory)}, batch "
+                         f"{self._batch_text(memory).strip()}")
         notes = list(self.notes)
         if self.image_seconds(max(GPU_PEAK_TFLOPS.values())) < LAUNCH_BOUND_SECONDS:
             notes.append("so few FLOPs per image are bound by kernel launches and memory traffic, not by the tensor "
@@ -488,6 +181,11 @@ class CostReport:
         lines += [f"note: {note}" for note in notes]
         lines.append(f"(measured in {self.seconds:.1f} s)")
         return "\n".join(lines)
+
+
+    def _batch_text(self, memory: float) -> str:
+        batch = self.settled_batch(memory)
+        return "none" if batch is None else str(batch)
 
 
 def _flop(flops: float) -> str:
@@ -526,7 +224,8 @@ def estimate(job: ExpandJob, train: LabeledImages, items: Sequence[WorkItem], nu
     strengths = image_strengths(items, job.strengths.choices, job.sampling.strength)  # each image's own draw
     calls = count_calls(job, cfg=geo.cfg, has_guide=has_guide, strengths=strengths)
     flops = measure_flops(models, geo)
-    activations = step_memory(job, models, geo, guide, has_guide=has_guide)
+    batch_activations = {batch: step_memory(job, models, geo, guide, has_guide=has_guide, batch=batch)
+                         for batch in halved_batches(job.batch_size)}
     weights = models.weight_bytes()
     if not has_guide:
         del weights["guide"]
@@ -538,5 +237,6 @@ def estimate(job: ExpandJob, train: LabeledImages, items: Sequence[WorkItem], nu
                       precision=job.precision, batch_size=job.batch_size, geometry=geo, guide=guide,
                       has_guide=has_guide, work=work, calls=calls, pass_flops=flops,
                       image_flops=flops_by_model(calls, flops), one_off=one_off_flops(work, flops),
-                      weights=weights, activations=activations,
+                      weights=weights, activations=batch_activations[job.batch_size],
+                      batch_activations=batch_activations,
                       seconds=time.perf_counter() - begin, notes=notes)

@@ -1,7 +1,7 @@
 """One expansion job as expand.py runs it: the resolved job (distdiff.jobs.expand_config) run as named stages.
 
 The mechanisms (work list, shards, manifest, resume, atomic files) live in distdiff.runs.expansion;
-this module turns the job into one call of `expansion.run_expansion` for the shard of this process
+this module turns the job into one call of `generation.run_expansion` for the shard of this process
 (`--split` of `--total_split` jobs, each divided among accelerate processes), then the run's report.
 """
 
@@ -34,7 +34,7 @@ from distdiff.pipelines.loading import MissingModelError
 from distdiff.pipelines.sampling import encode_prompts
 from distdiff.report.build import REPORT_JSON, build_report
 from distdiff.report.metrics import ReportError
-from distdiff.runs import expansion
+from distdiff.runs import expansion, generation
 from distdiff.runs.latent_cache import LatentCache
 from distdiff.runs.manifest import MANIFEST, summarize_manifest
 from distdiff.runs.recipe import Recipe, recipe_defaults, recipe_params
@@ -140,21 +140,21 @@ def load_guide(job: ExpandJob, train: LabeledImages, state: PartialState) -> Gui
 
 
 def make_images(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImages, work: Work, recipe: Recipe,
-                params: dict, guide: GuideEnergy | None, state: PartialState) -> tuple[int, float]:
-    """Make this process's share of the images: (images written, seconds taken)."""
+                params: dict, guide: GuideEnergy | None, state: PartialState) -> tuple[generation.Generated, float]:
+    """Make this process's share of the images: (what was made, seconds taken)."""
     cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=recipe.resolution, crop=job.crop,
                         precision=recipe.dtype)
-    table, variants = expansion.class_prompt_table(job.guidance, class_prompts(job, sd, train, recipe, state),
-                                                   train.classes)
+    table, variants = generation.class_prompt_table(job.guidance, class_prompts(job, sd, train, recipe, state),
+                                                    train.classes)
     prompts = encode_prompts(sd, table)
     begin = time.perf_counter()
-    written = expansion.run_expansion(
+    made = generation.run_expansion(
         sd, train, work.items, out_dir=job.output_dir, prompts=prompts, cache=cache, params=params,
         sampling=job.sampling, guidance=job.guidance, guide=guide, batch_size=job.batch_size,
         record_energy=job.record_energy, progress=state.is_local_main_process, shard=work.shard,
         num_shards=work.num_shards, candidates=job.selection.candidates, select=job.selection.select,
         prompt_variants=variants, strength_choices=job.strengths.choices)
-    return written, time.perf_counter() - begin
+    return made, time.perf_counter() - begin
 
 
 def class_prompts(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImages, recipe: Recipe,
@@ -219,7 +219,8 @@ def run(config: ExpandConfig) -> dict | CostReport:
     sd, recipe = load_model(job, state.device)
     params = open_output(job, recipe)
     guide = load_guide(job, train, state)
-    written, seconds = make_images(job, sd, train, work, recipe, params, guide, state)
-    finish(job, state, work, recipe, written)
+    made, seconds = make_images(job, sd, train, work, recipe, params, guide, state)
+    finish(job, state, work, recipe, made.written)
     return {"output_dir": str(job.output_dir), "shard": f"{work.shard}/{work.num_shards}", "images": len(work.items),
-            "written": written, "seconds": seconds, "summary": summarize_manifest(job.output_dir / MANIFEST)}
+            "written": made.written, "batch_size": made.batch_size, "seconds": seconds,
+            "summary": summarize_manifest(job.output_dir / MANIFEST)}

@@ -25,6 +25,8 @@ releases when the process dies, even by kill -9) before making its copies, and s
 another run holds. Where a filesystem drops the lock, both runs make the image, to the same bytes
 (atomic renames), and the manifest reads it as one record: work is repeated, nothing is wrong.
 
+The images themselves are made batch by batch in distdiff/runs/generation.py.
+
 The report is written once per work list, by the first process that finds the whole list finished
 (`report_due`), so --split jobs and accelerate ranks write no partial reports.
 """
@@ -35,7 +37,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,24 +46,14 @@ import torch
 from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
 from distdiff.data.datasets import LabeledImages, synthetic_stem
 from distdiff.errors import UserError
-from distdiff.utils.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
-from distdiff.method.guidance import Guidance, GuideEnergy
-from distdiff.runs.latent_cache import LatentCache
-from distdiff.runs.selection import generate_best_of
-from distdiff.runs.manifest import (MANIFEST, ManifestReader, append_manifest, manifest_part, read_manifest,
-                                    repair_manifest)
 from distdiff.method.prototypes import PrototypeFileError, Prototypes
-from distdiff.method.observers import CandidateScore, EnergyRecorder
-from distdiff.method.dafusion import draw_strength
-from distdiff.method.records import RECORD_KEYS, Record
 from distdiff.method.textual_inversion import load_embeddings, save_embeddings
-from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, DistDiffOutput
-from distdiff.pipelines.sampling import PromptEmbeddings, SamplingConfig, image_seed, make_generators
+from distdiff.pipelines.sampling import image_seed
+from distdiff.runs.manifest import MANIFEST, ManifestReader, read_manifest
+from distdiff.utils.files import NAME_MAX, atomic_open, atomic_write_text, fitting_name, name_fits, temp_pattern
 from distdiff.utils.settings import changed_settings
 
 logger = logging.getLogger(__name__)
@@ -278,7 +270,7 @@ def remove_stale_temps(out_dir: Path, items: Sequence[WorkItem]) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _claimed_batches(out_dir: Path, todo: Sequence[WorkItem], batch_size: int):
+def claimed_batches(out_dir: Path, todo: Sequence[WorkItem], batch_size: int):
     """Yield (batch, sources finished with it) from `todo`, claiming each source first and skipping done items.
 
     Without competition the batches are exactly todo's consecutive slices, so a resumed run
@@ -329,44 +321,6 @@ def _emit(batch: list[WorkItem], held: dict[int, FileLock], remaining: dict[int,
         held.pop(source).release()
 
 
-def class_prompt_table(guidance: Guidance | None, class_prompts: Sequence[str], class_names: Sequence[str]
-                       ) -> tuple[list[str], int]:
-    """Every prompt an image may get, class-major, and how many each class has (the guidance's variants: GIF-SD's
-    templates; else the dataset's one prompt per class)."""
-    variants = guidance.prompt_variants(class_prompts, class_names) if guidance is not None else [
-        [prompt] for prompt in class_prompts]
-    if len({len(v) for v in variants}) != 1:
-        raise ValueError(f"every class needs the same number of prompt variants, got {[len(v) for v in variants]}.")
-    return [prompt for class_variants in variants for prompt in class_variants], len(variants[0])
-
-
-def prompt_rows(guidance: Guidance | None, items: Sequence[WorkItem], variants: int) -> torch.Tensor:
-    """Each image's row [B] in class_prompt_table's list: its class's block, the variant its own prompt seed draws."""
-    draw = guidance.draw_prompt if guidance is not None else Guidance().draw_prompt
-    return torch.tensor([it.label * variants + draw(torch.Generator().manual_seed(image_seed(it.seed, "prompt")))
-                         for it in items])
-
-
-def source_probabilities(guide: GuideEnergy, dataset: LabeledImages, indices: Sequence[int]) -> torch.Tensor:
-    """The guide's softmax [B,K] on the whole source images `indices` (GIF-SD's prediction on the original), each
-    preprocessed as the guide sees a decoded image."""
-    def pixels(index: int) -> torch.Tensor:  # [1,3,H,W] in [-1,1]
-        image = TF.to_dtype(TF.to_image(dataset.load_image(index).convert("RGB")), torch.float32, scale=True)
-        return image.unsqueeze(0) * 2.0 - 1.0
-
-    with torch.no_grad():
-        return torch.cat([guide.logits_and_features(pixels(i))[0] for i in indices]).softmax(dim=-1)
-
-
-def image_strengths(items: Sequence[WorkItem], choices: Sequence[float], default: float) -> list[float]:
-    """Each image's img2img strength: drawn from `choices` (equally likely) by its own strength seed, else `default`."""
-    if not choices:
-        return [default] * len(items)
-    equal = [1.0 / len(choices)] * len(choices)
-    return [draw_strength(torch.Generator().manual_seed(image_seed(it.seed, "strength")), strengths=choices,
-                          probabilities=equal) for it in items]
-
-
 def shared_class_tokens(state, out_dir: Path, learn: Callable[[], dict[str, torch.Tensor]], *,
                         cached: Path | None = None) -> dict[str, torch.Tensor]:
     """DA-Fusion's learned class tokens for every process: OUT/class_tokens.pt if there, else the cached file of
@@ -401,83 +355,3 @@ def shared_class_tokens(state, out_dir: Path, learn: Callable[[], dict[str, torc
     if state.num_processes > 1:
         broadcast_object_list(box, from_process=0)
     return box[0]
-
-
-def _in_order(parts: list[tuple[list[int], DistDiffOutput]], size: int) -> DistDiffOutput:
-    """One batch's output from its strength groups' outputs (each with its positions in the batch)."""
-    images = [None] * size
-    records: dict = {}
-    for positions, out in parts:
-        for k, position in enumerate(positions):
-            images[position] = out.images[k]
-        for key, values in out.records.items():
-            column = records.setdefault(key, [None] * size)
-            for k, position in enumerate(positions):
-                column[position] = values[k]
-    return DistDiffOutput(images=torch.stack(images), records=records)
-
-
-def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Sequence[WorkItem], *, out_dir: Path,
-                  prompts: PromptEmbeddings, cache: LatentCache, params: dict, sampling: SamplingConfig,
-                  guidance: Guidance | None, guide: GuideEnergy | None, batch_size: int, record_energy: bool = True,
-                  progress: bool = True, shard: int = 0, num_shards: int = 1, candidates: int = 1,
-                  select: str = "energy", prompt_variants: int = 1, strength_choices: Sequence[float] = ()) -> int:
-    """Make every unfinished item not claimed by another run, batch by batch; returns how many images were written.
-
-    `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
-    With `candidates` > 1 each image is the best of that many by `select` (distdiff/runs/selection.py).
-    `prompts` holds `prompt_variants` rows per class (class_prompt_table); each image draws its own, and its
-    strength from `strength_choices` where given (a batch then runs as one pipeline call per strength).
-    """
-    if guidance is not None and guidance.uses_sources and guide is None:
-        raise ExpansionError(f"--guidance {guidance.name} scores with the guide; pass --guide_checkpoint.")
-    if candidates > 1 and guide is None:
-        raise ExpansionError(f"--candidates {candidates} scores candidates with the guide; pass --guide_checkpoint.")
-    out_dir = Path(out_dir)
-    part = manifest_part(out_dir, shard, num_shards)
-    repair_manifest(part)
-    todo = pending(out_dir, items)
-    logger.info("%d of %d images to make (%d already done)", len(todo), len(items), len(items) - len(todo))
-    cache.ensure(dataset, sorted({it.source_index for it in todo}), batch_size=batch_size, progress=progress)
-    written = 0
-    # A context, so an error closes the bar before the one-line message instead of redrawing it after.
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc="expanding", unit="img",
-              disable=not progress) as bar:
-        for batch in _claimed_batches(out_dir, todo, batch_size):
-            strengths = image_strengths(batch, strength_choices, sampling.strength)
-            parts = []
-            for strength in dict.fromkeys(strengths):
-                positions = [k for k, s in enumerate(strengths) if s == strength]
-                group = [batch[k] for k in positions]
-                labels = torch.tensor([it.label for it in group])
-                latent_params = cache.get(dataset, [it.source_index for it in group])
-                rows = prompt_rows(guidance, group, prompt_variants) if prompt_variants > 1 else None
-                sources = torch.tensor([it.source_index for it in group])
-                source_probs = (source_probabilities(guide, dataset, sources.tolist())
-                                if guidance is not None and guidance.uses_sources else None)
-
-                def generate(seeds: list[int]):
-                    observers = [EnergyRecorder(guide, labels)] if record_energy and guide is not None else []
-                    observers += [CandidateScore(guide, labels, select)] if candidates > 1 else []
-                    return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds),
-                              prompt_embeds=prompts, guidance=guidance, guide=guide, observers=observers,
-                              prompt_rows=rows, source_probs=source_probs, groups=sources,
-                              **asdict(replace(sampling, strength=strength)))
-
-                out = generate_best_of(generate, [it.seed for it in group], candidates=candidates, by=select)
-                if strength_choices:
-                    out.records[Record.STRENGTH] = [strength] * len(group)
-                parts.append((positions, out))
-            result = parts[0][1] if len(parts) == 1 else _in_order(parts, len(batch))
-            records = []
-            for k, it in enumerate(batch):
-                save_png_atomic(result.images[k], out_dir / it.image)
-                record = {"image": it.image, "source": source_name(dataset, it.source_index), "class": it.class_name,
-                          "label": it.label, "copy": it.copy, "seed": it.seed, "params": params}
-                record.update({key.value: (result.records[key][k] if key in result.records else None)
-                               for key in RECORD_KEYS})
-                records.append(record)
-            append_manifest(part, records)
-            written += len(batch)
-            bar.update(len(batch))
-    return written

@@ -53,14 +53,22 @@ def test_gpu_reduced_precision_stays_near_cpu_fp32(cpu_sd, guide, method, precis
     assert all(torch.isfinite(torch.tensor(values)).all() for values in gpu.records.values())
 
 
-def test_expand_py_on_the_gpu_in_fp16(tmp_path):
+@pytest.fixture(scope="module")
+def guide_file(tmp_path_factory):
+    """A digits guide trained for 2 epochs (on the GPU)."""
     sys.path.insert(0, str(REPO))
-    import expand
     import train_original
 
+    root = tmp_path_factory.mktemp("guide")
     train_original.main(train_original.parse_args(["digits", "smallcnn", "0.1", "False", "0", "--epochs", "2",
-                                                   "--output_root", str(tmp_path / "guide")]))
-    guide_file = next((tmp_path / "guide").rglob("model_best.pth.tar"))
+                                                   "--output_root", str(root)]))
+    return next(root.rglob("model_best.pth.tar"))
+
+
+def test_expand_py_on_the_gpu_in_fp16(tmp_path, guide_file):
+    sys.path.insert(0, str(REPO))
+    import expand
+
     result = expand.main(expand.parse_args(["-d", "digits", "--guide_checkpoint", str(guide_file), "--precision",
                                             "fp16", "--max_source_images", "10", "--num_images_per_prompt", "2",
                                             "--batch_size", "20", "--output_dir", str(tmp_path / "out"),
@@ -69,3 +77,30 @@ def test_expand_py_on_the_gpu_in_fp16(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert {r["params"]["dtype"] for r in records} == {"float16"}
     assert all(r["D_c_final"] == r["D_c_final"] and r["eps_saturated"] is not None for r in records)  # not NaN
+
+
+def test_out_of_memory_halves_the_batch_where_the_dry_run_says(tmp_path, guide_file):
+    """A real CUDA out-of-memory error: the process's GPU memory capped (set_per_process_memory_fraction) at the
+    weights plus 1.5x the step's tensors at batch 8 by the dry run; a run asked for batch 64 halves until it fits,
+    writes every image once, and settles at the dry run's prediction for that memory (8), or one halving below it
+    (the allocator's fragmentation, which the dry run does not model)."""
+    sys.path.insert(0, str(REPO))
+    import expand
+
+    flags = ["-d", "digits", "--guide_checkpoint", str(guide_file), "--resolution", "128", "--precision", "fp16",
+             "--max_source_images", "16", "--num_images_per_prompt", "4", "--batch_size", "64", "--steps", "10",
+             "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--no_report"]
+    report = expand.main(expand.parse_args([*flags, "--dry_run"]))
+    cap = sum(report.weights.values()) + 1.5 * report.batch_activations[8]
+    assert report.settled_batch(cap / 0.9) == 8  # the dry run's own prediction under its 90% usable rule
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        result = expand.main(expand.parse_args(flags))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    print(f"dry run: batch 8 in {cap / 2 ** 20:.0f} MiB; the run settled on {result['batch_size']}")
+    assert result["written"] == 64 and result["batch_size"] in (4, 8)
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["image"] for line in lines}) == len(lines) == 64

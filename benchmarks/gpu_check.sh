@@ -3,7 +3,8 @@
 # its own time limit; a step that runs out is reported and the next one runs):
 #   1. the machine (nvidia-smi, torch, diffusers);
 #   2. the CUDA-only checks (benchmarks/cuda_checks.py): the tiny SD in fp16 and bf16 on the GPU
-#      against fp32 on the CPU for every guidance method, and expand.py end to end in fp16;
+#      against fp32 on the CPU for every guidance method, expand.py end to end in fp16, and a real
+#      out-of-memory error under a capped memory (the batch halves to where the dry run predicts);
 #   3. the throughput table of the full-size SD v1 path (512 px, the paper's settings, random
 #      weights: benchmarks/expand_throughput.py) at batch 1-16 in fp16, then bf16, then fp16 with
 #      a torch.compile'd UNet, with peak memory per batch;

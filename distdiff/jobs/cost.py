@@ -81,14 +81,19 @@ class CostReport:
     image_flops: dict[str, float]  # per image, by model
     one_off: float
     weights: dict[str, int]  # bytes per model
-    activations: int  # peak bytes of one guided step's tensors at --batch_size, weights aside
-    batch_activations: dict[int, int]  # the same at each batch a run may halve to (halved_batches), largest first
+    batch_activations: dict[int, int]  # peak bytes of one guided step's tensors, weights aside, at --batch_size and
+                                       # each batch a run may halve to (halved_batches), largest first
     seconds: float  # how long the dry run's measurement took
     notes: list[str] = field(default_factory=list)
 
     @property
     def flops_per_image(self) -> float:
         return sum(self.image_flops.values())
+
+    @property
+    def activations(self) -> int:
+        """Peak bytes of one guided step's tensors at --batch_size, weights aside."""
+        return self.batch_activations[self.batch_size]
 
     @property
     def peak_memory(self) -> int:
@@ -171,7 +176,7 @@ class CostReport:
         if torch.cuda.is_available():
             memory = torch.cuda.get_device_properties(0).total_memory
             lines.append(f"  this machine's {torch.cuda.get_device_name(0)}: {_gib(memory)}, batch "
-                         f"{self._batch_text(memory).strip()}")
+                         f"{self._batch_text(memory)}")
         notes = list(self.notes)
         if self.image_seconds(max(GPU_PEAK_TFLOPS.values())) < LAUNCH_BOUND_SECONDS:
             notes.append("so few FLOPs per image are bound by kernel launches and memory traffic, not by the tensor "
@@ -181,7 +186,6 @@ class CostReport:
         lines += [f"note: {note}" for note in notes]
         lines.append(f"(measured in {self.seconds:.1f} s)")
         return "\n".join(lines)
-
 
     def _batch_text(self, memory: float) -> str:
         batch = self.settled_batch(memory)
@@ -237,6 +241,5 @@ def estimate(job: ExpandJob, train: LabeledImages, items: Sequence[WorkItem], nu
                       precision=job.precision, batch_size=job.batch_size, geometry=geo, guide=guide,
                       has_guide=has_guide, work=work, calls=calls, pass_flops=flops,
                       image_flops=flops_by_model(calls, flops), one_off=one_off_flops(work, flops),
-                      weights=weights, activations=batch_activations[job.batch_size],
-                      batch_activations=batch_activations,
+                      weights=weights, batch_activations=batch_activations,
                       seconds=time.perf_counter() - begin, notes=notes)

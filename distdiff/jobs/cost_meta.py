@@ -199,14 +199,14 @@ def _guide_input(guide: GuideSpec, images: torch.Tensor, raw: bool) -> torch.Ten
 
 
 def step_memory(job: ExpandJob, models: MetaModels, geo: Geometry, guide: GuideSpec, *, has_guide: bool,
-                batch: int | None = None, attention: Callable[[], ContextManager] = gpu_attention) -> int:
-    """Peak bytes of the tensors alive (weights aside) while a batch of `batch` (default --batch_size) images is
+                batch: int, attention: Callable[[], ContextManager] = gpu_attention) -> int:
+    """Peak bytes of the tensors alive (weights aside) while a batch of `batch` images is
     encoded, takes a sampler step, its guided step (the method's own code, forward and backward) and its final decode
     and score.
 
     The energy's prototype distances ([B, D] work) are replaced by the features' squared norm: same passes, same
     gradients through them; GIF-SD's score likewise by a sum over the guide's softmax and features."""
-    batch, (c, h, w) = batch or job.batch_size, geo.latent
+    c, h, w = geo.latent
     steps = job.sampling.num_inference_steps
     raw = job.energy.raw_guide_input
     scheduler = DDIMScheduler.from_config(models.scheduler.config)

@@ -22,7 +22,8 @@ from distdiff.report.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCE
 from distdiff.models.packaged_weights import MISSING_PACKAGE
 from distdiff.report.build import REPORT_HTML, REPORT_JSON, build_report, distance_table, run_names
 from distdiff.report import glance
-from distdiff.report.html import GLANCE_CELL, _cell, fmt, glance_section, seeded_sources
+from distdiff.report.figures import GLANCE_CELL, _cell, seeded_sources
+from distdiff.report.html import fmt, glance_section
 from distdiff.report.metrics import ReportError, fid_kid, label_fidelity
 from distdiff.method.records import ENERGY_KEYS
 from scripts import report as report_cli

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from distdiff.report import glance
+from distdiff.report import figures
 from distdiff.report import html as report_html
 from distdiff.data.augment import eval_transform
 from distdiff.models.classifiers import load_classifier
@@ -246,7 +247,7 @@ def build_report(outs: Sequence[str | Path], *, output_dir: str | Path | None = 
     report["energies"] = {run.name: (energy_summary(run.records) if run.records
                                      else _section_missing(f"no {MANIFEST} records for its images"))
                           for run in runs}
-    report["figures"], images = report_html.make_figures(report, runs, train, sheet_sources=sheet_sources, seed=seed)
+    report["figures"], images = figures.make_figures(report, runs, train, sheet_sources=sheet_sources, seed=seed)
     report["at_a_glance"] = glance.summarise(report)  # the first screen's verdicts, sentences and their numbers
     report["seconds"] = round(time.perf_counter() - begin, 2)
     write_report(report, images, output_dir)

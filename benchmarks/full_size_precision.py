@@ -9,8 +9,9 @@ prototypes, the same source image and seed: DDIM 50 at strength 0.5, CFG 7.5, th
 guidance (M 20, period 2), energies recorded as expand.py records them. A mode is the models'
 dtype (fp32, fp16, bf16: weights cast, as --precision does on a GPU) or fp32 weights under
 torch.autocast to bf16 (`bf16-autocast`, the reduced precision a CPU runs). Reported per mode: wall
-time, peak memory (CUDA max_memory_allocated, or the process's peak RSS on CPU), whether every
-energy is finite, and the image's difference from fp32's (max and mean |diff| per pixel in [0,1]).
+time and the process's CPU time (all its threads: wall time alone misleads on a shared CPU), peak
+memory (CUDA max_memory_allocated, or the process's peak RSS on CPU), whether every energy is
+finite, and the image's difference from fp32's (max and mean |diff| per pixel in [0,1]).
 """
 
 from __future__ import annotations
@@ -80,18 +81,18 @@ def run_mode(mode: str, args) -> dict:
     with autocast:
         prompts = encode_prompts(sd, [f"a photo of a class {c}." for c in range(NUM_CLASSES)])
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = sd((source_images(args.resolution, count=1) + 1) / 2, labels=labels,
                  generator=make_generators([SEED]), prompt_embeds=prompts, strength=STRENGTH,
                  num_inference_steps=args.steps, guidance_scale=GUIDANCE_SCALE,
                  guidance=TransformGuidance(guidance_step=guidance_step_for(args.steps), period=GUIDANCE_PERIOD),
                  guide=guide, observers=[recorder])
         synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     memory, measured = peak_memory(device)
     energies = {key.value: values[0] for key, values in out.records.items()}
-    return {"mode": mode, "device": str(device), "seconds": seconds, "peak_memory_gib": memory,
-            "memory_measured_as": measured, "energies": energies,
+    return {"mode": mode, "device": str(device), "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "peak_memory_gib": memory, "memory_measured_as": measured, "energies": energies,
             "energies_finite": all(math.isfinite(v) for v in energies.values()), "image": out.images[0]}
 
 
@@ -111,12 +112,13 @@ def main(args) -> list[dict]:
                             *(["--gradient_checkpointing"] if args.gradient_checkpointing else [])], check=True)
             rows.append(torch.load(path))
     reference = rows[0]["image"]
-    print("\n| mode | device | s per image | peak memory (GiB) | energies finite | D_c final | max \\|diff\\| vs fp32 "
-          "| mean \\|diff\\| vs fp32 |\n|---|---|---|---|---|---|---|---|")
+    print("\n| mode | device | s per image | CPU s per image | peak memory (GiB) | energies finite | D_c final "
+          "| max \\|diff\\| vs fp32 | mean \\|diff\\| vs fp32 |\n|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         difference = (row.pop("image") - reference).abs()
         row["max_abs_diff_vs_fp32"], row["mean_abs_diff_vs_fp32"] = difference.max().item(), difference.mean().item()
-        print(f"| {row['mode']} | {row['device']} | {row['seconds']:.1f} | {row['peak_memory_gib']:.2f} | "
+        print(f"| {row['mode']} | {row['device']} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
+              f"{row['peak_memory_gib']:.2f} | "
               f"{'yes' if row['energies_finite'] else 'NO'} | {row['energies'].get('D_c_final', float('nan')):.4f} | "
               f"{row['max_abs_diff_vs_fp32']:.4f} | {row['mean_abs_diff_vs_fp32']:.5f} |")
     print(f"\nmemory: {rows[0]['memory_measured_as']}")

@@ -15,7 +15,6 @@ from PIL import Image, ImageOps
 import expand
 from distdiff.data.registry import load_dataset
 from distdiff.runs.expansion import MANIFEST, RUN_CONFIG
-from distdiff.report import build as report_module
 from distdiff.report import feature_spaces
 from distdiff.report.feature_spaces import (FEATURE_SPACES, INCEPTION_FILE, INCEPTION_URL, chosen_spaces,
                                             load_inception, space_features)

@@ -182,7 +182,8 @@ class CostReport:
             notes.append("so few FLOPs per image are bound by kernel launches and memory traffic, not by the tensor "
                          "cores: read the GPU times as a floor")
         if self.precision == "fp32":
-            notes.append("--precision fp32: the peaks above are fp16's; fp32 runs slower (TF32 at best)")
+            notes.append("--precision fp32: the GPU times above use the fp16/bf16 tensor-core peak; fp32 runs slower "
+                         "(TF32 at best)")
         lines += [f"note: {note}" for note in notes]
         lines.append(f"(measured in {self.seconds:.1f} s)")
         return "\n".join(lines)

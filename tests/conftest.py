@@ -72,6 +72,27 @@ def tiny_sd_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clip_dir(tiny_sd_dir, tmp_path_factory):
+    """A random tiny transformers CLIPModel (32 px images) with the tiny SD's tokenizer, saved as a hub folder."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = tmp_path_factory.mktemp("models") / "tiny-clip"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Not OpenAI's statistics, so a test sees which ones were used.
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32, image_mean=[0.5, 0.4, 0.3],
+                       image_std=[0.2, 0.25, 0.3]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_sd(tiny_sd_dir):
     """The tiny SD loaded through the same code path as a hub model, fp32 on CPU."""
     return load_stable_diffusion(str(tiny_sd_dir), device="cpu", precision="fp32")

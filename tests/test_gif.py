@@ -165,7 +165,7 @@ def test_the_method_checks_its_options_and_runs_as_the_final_hook():
     out = GifGuidance(eps=0.5).final_latents(samples, ctx)
     assert out.latents.shape == samples.shape and 0 < (out.latents - samples).abs().max() <= 0.5 + 1e-6
     assert out.stats[Record.EPS_SATURATED].shape == (2,)
-    with pytest.raises(ValueError, match="GIF-SD needs the guide's predictions"):
+    with pytest.raises(ValueError, match="GIF-SD needs a classifier's predictions"):
         GifGuidance().final_latents(samples, StepContext(timesteps=torch.arange(3), denoise=None, image_energy=None,
                                                          generators=ctx.generators))
 
@@ -187,6 +187,13 @@ def test_each_image_draws_its_own_prompt_variant_from_its_seed():
     assert prompt_rows(None, items, 1).tolist() == [it.label for it in items]
 
 
+def expand_argv(tmp_path, sd_dir, guide, out, *extra):
+    """expand.py's flags for 2 sources x 2 copies of digits on the tiny SD, 4 steps, one batch, no report."""
+    return ["-d", "digits", "--model", str(sd_dir), "--guide_checkpoint", str(guide), "--output_dir", str(out),
+            "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2", "--num_images_per_prompt", "2",
+            "--steps", "4", "--batch_size", "4", "--no_report", "--num_threads", "1", *extra]
+
+
 def test_expand_py_runs_gif_sd_records_its_options_and_refuses_the_others(tmp_path, tiny_sd_dir,
                                                                           digits_guide_checkpoint):
     import json
@@ -195,10 +202,7 @@ def test_expand_py_runs_gif_sd_records_its_options_and_refuses_the_others(tmp_pa
     from distdiff.runs.manifest import MANIFEST
 
     def argv(out, *extra, guidance="gif_sd"):
-        return ["-d", "digits", "--model", str(tiny_sd_dir), "--guide_checkpoint", str(digits_guide_checkpoint),
-                "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_source_images", "2",
-                "--num_images_per_prompt", "2", "--steps", "4", "--batch_size", "4", "--no_report", "--num_threads",
-                "1", "--guidance", guidance, *extra]
+        return expand_argv(tmp_path, tiny_sd_dir, digits_guide_checkpoint, out, "--guidance", guidance, *extra)
 
     result = expand.main(expand.parse_args(argv(tmp_path / "gif", "--gif_eps", "0.5")))
     assert result["written"] == 4
@@ -212,3 +216,31 @@ def test_expand_py_runs_gif_sd_records_its_options_and_refuses_the_others(tmp_pa
         expand.main(expand.parse_args(argv(tmp_path / "x", "--gif_eps", "0.5", guidance="transform")))
     with pytest.raises(SystemExit, match="--gif_step_size must be positive"):
         expand.main(expand.parse_args(argv(tmp_path / "x", "--gif_step_size", "0")))
+
+
+def test_expand_py_scores_gif_sd_with_a_clip_model_where_gif_clip_names_one(tmp_path, tiny_sd_dir, tiny_clip_dir,
+                                                                           digits_guide_checkpoint):
+    import json
+
+    import expand
+    from distdiff.runs.manifest import MANIFEST
+
+    def argv(out, *extra, guidance="gif_sd"):
+        return expand_argv(tmp_path, tiny_sd_dir, digits_guide_checkpoint, out, "--guidance", guidance, *extra)
+
+    assert expand.main(expand.parse_args(argv(tmp_path / "clip", "--gif_clip", str(tiny_clip_dir))))["written"] == 4
+    assert expand.main(expand.parse_args(argv(tmp_path / "guide")))["written"] == 4
+    records = {name: [json.loads(line) for line in (tmp_path / name / MANIFEST).read_text().splitlines()]
+               for name in ("clip", "guide")}
+    assert {r["params"]["gif_clip"] for r in records["clip"]} == {str(tiny_clip_dir)}
+    assert {r["params"]["gif_clip"] for r in records["guide"]} == {None}
+    # The same seeds, prompts and (e, b) draws: only the scorer differs, and with it the signed step.
+    pngs = {name: sorted((tmp_path / name).rglob("*.png")) for name in records}
+    assert [p.name for p in pngs["clip"]] == [p.name for p in pngs["guide"]]
+    assert any(a.read_bytes() != b.read_bytes() for a, b in zip(pngs["clip"], pngs["guide"]))
+    assert all(0 <= r["eps_saturated"] <= 1 and r["D_c_final"] is not None for r in records["clip"])
+    with pytest.raises(SystemExit, match="--gif_clip .* is an option of --guidance gif_sd; add --guidance gif_sd"):
+        expand.main(expand.parse_args(argv(tmp_path / "x", "--gif_clip", str(tiny_clip_dir), guidance="transform")))
+    with pytest.raises(SystemExit, match="--gif_clip .*nowhere: no CLIP model could be loaded"):
+        expand.main(expand.parse_args(argv(tmp_path / "y", "--gif_clip", str(tmp_path / "nowhere"),
+                                           "--local_files_only")))

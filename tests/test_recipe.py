@@ -47,6 +47,8 @@ def _changed(value):
         return value + 1
     if isinstance(value, tuple):
         return value + (0.5,)
+    if value is None:  # an optional name (GIF-SD's CLIP model)
+        return "other"
     return value + "_other"
 
 

@@ -24,11 +24,13 @@ from distdiff.data.registry import load_dataset
 from distdiff.jobs.cost import CostReport, estimate
 from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, add_expand_arguments, resolve
 from distdiff.method.dafusion import class_prompt
+from distdiff.method.gif import GifGuidance
 from distdiff.method.guidance import GuideEnergy
 from distdiff.method.textual_inversion import (TextualInversionConfig, apply_embeddings, images_by_class,
                                                learn_embeddings, load_inversion_models)
 from distdiff.method.prototypes import compute_prototypes
 from distdiff.models.classifiers import ClassifierError, load_classifier
+from distdiff.models.clip_zero_shot import ClipZeroShot, load_clip_zero_shot
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, load_stable_diffusion
 from distdiff.pipelines.loading import MissingModelError
 from distdiff.pipelines.sampling import encode_prompts
@@ -139,9 +141,24 @@ def load_guide(job: ExpandJob, train: LabeledImages, state: PartialState) -> Gui
                        std=info["std"], raw_input=energy.raw_guide_input, gs=gs, ls=ls)
 
 
+def load_gif_clip(job: ExpandJob, train: LabeledImages, state: PartialState) -> ClipZeroShot | None:
+    """GIF-SD's CLIP zero-shot classifier over the train classes (--gif_clip), or None to score with the guide."""
+    if not isinstance(job.guidance, GifGuidance) or job.guidance.clip is None:
+        return None
+    clip = job.guidance.clip
+    try:
+        return load_clip_zero_shot(clip, train.classes, device=state.device, local_files_only=job.local_files_only)
+    except OSError as err:
+        raise expansion.ExpansionError(f"--gif_clip {clip}: no CLIP model could be loaded from it ({err}). Pass a "
+                                       f"folder holding a transformers CLIPModel and its tokenizer, or a hub id "
+                                       f"such as openai/clip-vit-base-patch32 (downloaded unless "
+                                       f"--local_files_only).") from err
+
+
 def make_images(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImages, work: Work, recipe: Recipe,
                 params: dict, guide: GuideEnergy | None, state: PartialState) -> tuple[generation.Generated, float]:
     """Make this process's share of the images: (what was made, seconds taken)."""
+    classifier = load_gif_clip(job, train, state)
     cache = LatentCache(job.cache_dir, sd, model=job.model, resolution=recipe.resolution, crop=job.crop,
                         precision=recipe.dtype)
     table, variants = generation.class_prompt_table(job.guidance, class_prompts(job, sd, train, recipe, state),
@@ -153,7 +170,7 @@ def make_images(job: ExpandJob, sd: DistDiffImg2ImgPipeline, train: LabeledImage
         sampling=job.sampling, guidance=job.guidance, guide=guide, batch_size=job.batch_size,
         record_energy=job.record_energy, progress=state.is_local_main_process, shard=work.shard,
         num_shards=work.num_shards, candidates=job.selection.candidates, select=job.selection.select,
-        prompt_variants=variants, strength_choices=job.strengths.choices)
+        prompt_variants=variants, strength_choices=job.strengths.choices, classifier=classifier)
     return made, time.perf_counter() - begin
 
 

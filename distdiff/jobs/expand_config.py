@@ -44,7 +44,7 @@ WINDOW_FLAGS = {"guidance_step": "guidance_step", "guidance_period": "period", "
 GUIDANCE_FLAGS = {"transform": WINDOW_FLAGS | {"constraint_value": "eps", "transform_init": "init",
                                                "transform_iters": "iterations", "transform_resolution": "resolution"},
                   "direct": WINDOW_FLAGS | {"rho_schedule": "rho_schedule"},
-                  "gif_sd": {"gif_eps": "eps", "gif_step_size": "step_size"}}
+                  "gif_sd": {"gif_eps": "eps", "gif_step_size": "step_size", "gif_clip": "clip"}}
 CLASS_TOKENS = ("names", "learned")  # --class_tokens: the dataset's class names, or DA-Fusion's learned tokens
 # Options every method's messages may name, besides its own flags.
 SAMPLER_FLAGS = {"steps": "--steps", "strength": "--strength"}
@@ -89,6 +89,7 @@ class ExpandConfig:
     rho_schedule: str = "constant"  # direct guidance's rho over its steps: the paper's constant; others are ours
     gif_eps: float = GIF_EPS  # GIF-SD's L-inf radius around z_0: their README's 0.8 (CIFAR-100, Cars, DTD, ...)
     gif_step_size: float = GIF_STEP_SIZE  # GIF-SD's signed step on (e, b): 0.1 in their code
+    gif_clip: str | None = None  # GIF-SD scores with the guide; their code with CLIP ViT-B/32 (a hub id or folder)
     class_tokens: str = "names"  # the paper's class names; "learned": DA-Fusion's textual-inversion tokens
     inversion_steps: int = ClassTokens.inversion_steps  # DA-Fusion's 1000 textual-inversion steps per class
     strength_choices: tuple[float, ...] | None = None  # one strength for all; DA-Fusion draws from 1.0 0.75 0.5 0.25
@@ -173,6 +174,9 @@ def add_expand_arguments(p: argparse.ArgumentParser) -> None:
                         "their README: 0.8 for most natural-image datasets, 4 for Caltech-101, 0.1-0.5 medical)")
     p.add_argument("--gif_step_size", type=float, default=D.gif_step_size,
                    help="--guidance gif_sd: the signed ascent step on the perturbation's scale and bias (theirs: 0.1)")
+    p.add_argument("--gif_clip", default=D.gif_clip, metavar="MODEL",
+                   help="--guidance gif_sd: score with this CLIP model's zero-shot predictions, as their code does "
+                        "(a hub id such as openai/clip-vit-base-patch32, or a local folder), instead of the guide's")
     p.add_argument("--class_tokens", choices=CLASS_TOKENS, default=D.class_tokens,
                    help="the class words of the prompts: the dataset's class names (the paper), or DA-Fusion's "
                         "one token per class learned on the train split by textual inversion (OUT/class_tokens.pt, "

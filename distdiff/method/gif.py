@@ -12,7 +12,8 @@ the batch's features to their mean: "sample diversity promotion"), applies the m
 onto the L-inf ball of radius eps around z and decodes. Their code
 (Vanint/DatasetExpansion, GIF_SD/*/dataset_expansion_stable_diffusion_CLIP_batch_optimization*.py)
 scores with CLIP ViT-B/32 zero-shot; this port scores with the guide classifier (its softmax and its
-L2-normalised pooled features), since no CLIP weights can be had offline. DistDiff's transform
+L2-normalised pooled features) by default, since no CLIP weights can be had offline, or with a CLIP model's
+zero-shot predictions where `clip` names one (distdiff/models/clip_zero_shot.py). DistDiff's transform
 guidance is this step moved inside the sampling loop with a prototype energy.
 """
 
@@ -95,12 +96,16 @@ def gif_step(latents: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, sco
 
 @dataclass(frozen=True)
 class GifGuidance(Guidance):
-    """GIF-SD's latent perturbation after sampling (their defaults: eps 0.8, step 0.1); no hook inside the loop."""
+    """GIF-SD's latent perturbation after sampling (their defaults: eps 0.8, step 0.1); no hook inside the loop.
+
+    `clip`: the CLIP model (hub id or folder) whose zero-shot predictions score the images, as in their code;
+    None scores with the guide. The caller loads it and hands it to the sampler as its classifier."""
 
     name = "gif_sd"
     uses_sources = True
     eps: float = field(default=EPS, metadata={"param": "gif_eps"})
     step_size: float = field(default=STEP_SIZE, metadata={"param": "gif_step_size"})
+    clip: str | None = field(default=None, metadata={"param": "gif_clip"})
 
     @property
     def owner(self) -> str:
@@ -124,7 +129,7 @@ class GifGuidance(Guidance):
     def final_latents(self, latents: torch.Tensor, ctx: StepContext) -> GuidanceOutput:
         """z_0 perturbed by their one signed step on (e, b) and projected within eps; stats: eps saturation."""
         if ctx.classify is None or ctx.source_probs is None or ctx.groups is None:
-            raise ValueError("GIF-SD needs the guide's predictions on the decoded and the source images and each "
+            raise ValueError("GIF-SD needs a classifier's predictions on the decoded and the source images and each "
                              "image's source (the sampler's classify, source_probs and groups); none were given.")
         scale, bias = draw_transform(ctx.generators, latents.shape[1])
         classify, source_probs = ctx.classify, ctx.source_probs.float()

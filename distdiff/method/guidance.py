@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,13 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 ImageEnergy = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 # (latents [B,C,h,w]) -> (the guide's logits [B,K], its L2-normalised features [B,D]) of their decodings.
 Classify = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Scorer(Protocol):
+    """What classifies images for a final-latent hook: the guide (GuideEnergy), or GIF-SD's CLIP zero-shot."""
+
+    def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B,K] and L2-normalised features [B,D] of images [B,3,H,W] in [-1,1]."""
 
 
 def energy(features: torch.Tensor, class_protos: torch.Tensor, group_protos: torch.Tensor,

@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from distdiff.method.guidance import Guidance, GuideEnergy, StepContext
+from distdiff.method.guidance import Guidance, GuideEnergy, Scorer, StepContext
 from distdiff.method.observers import StepObserver
 from distdiff.method.records import Record
 from distdiff.pipelines.loading import load_components
@@ -123,7 +123,8 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
                  guidance_scale: float = GUIDANCE_SCALE, guidance: Guidance | None = None,
                  guide: GuideEnergy | None = None, observers: Sequence[StepObserver] = (),
                  start_index: str = START_INDEX, prompt_rows: torch.Tensor | Sequence[int] | None = None,
-                 source_probs: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> DistDiffOutput:
+                 source_probs: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+                 classifier: Scorer | None = None) -> DistDiffOutput:
         """Generate one image per label [B] from source images [B,3,R,R] in [0,1] (or VAE posteriors
         `latent_params` [B,2C,h,w], e.g. cached; neither: txt2img from noise), one generator per image.
 
@@ -132,14 +133,18 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
         The first step is img2img_start_index(num_inference_steps, strength, start_index) (0 for
         txt2img). `guidance` (needs `guide`) runs its hooks where its applies_at says; a final-latent
         hook may read the guide's softmax on each image's source `source_probs` [B,K] and which
-        images share a source, `groups` [B].
+        images share a source, `groups` [B], and classifies decoded images with `classifier` (default: the
+        guide; e.g. GIF-SD's CLIP zero-shot, whose softmax `source_probs` then holds).
         """
         labels = torch.as_tensor(labels, dtype=torch.long)
         batch = labels.shape[0]
         if len(generator) != batch:
             raise ValueError(f"need one generator per image: {batch} labels, {len(generator)} generators.")
-        if guidance is not None and guide is None:
+        scorer = classifier if classifier is not None else guide
+        if guidance is not None and guidance.uses_energy and guide is None:
             raise ValueError("guidance needs a guide (GuideEnergy) to compute the energy.")
+        if guidance is not None and guidance.uses_sources and scorer is None:
+            raise ValueError(f"{guidance.name} classifies the images: pass a guide or a classifier.")
         if (prompts is None) == (prompt_embeds is None):
             raise ValueError("pass the class prompts as exactly one of `prompts` and `prompt_embeds`.")
         prompt_embeds = prompt_embeds if prompt_embeds is not None else encode_prompts(self, list(prompts))
@@ -163,7 +168,7 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
                                                 guidance_scale=guidance_scale),
                           image_energy=make_image_energy(self, guide, labels) if guide is not None else None,
                           generators=generator,
-                          classify=make_classifier(self, guide) if guide is not None else None,
+                          classify=make_classifier(self, scorer) if scorer is not None else None,
                           source_probs=source_probs, groups=groups)
         for observer in observers:
             observer.on_start(ctx, batch)

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from distdiff.method.guidance import Classify, Denoise, GuideEnergy, ImageEnergy
+from distdiff.method.guidance import Classify, Denoise, GuideEnergy, ImageEnergy, Scorer
 from distdiff.utils.settings import check_settings
 
 logger = logging.getLogger(__name__)
@@ -164,10 +164,10 @@ def make_denoiser(sd, prompts: PromptEmbeddings, rows: torch.Tensor, *, schedule
     return denoise
 
 
-def make_classifier(sd, guide: GuideEnergy) -> Classify:
-    """latents -> the guide's (logits [B,K], L2-normalised features [B,D]) of their VAE decodings."""
+def make_classifier(sd, scorer: Scorer) -> Classify:
+    """latents -> the scorer's (logits [B,K], L2-normalised features [B,D]) of their VAE decodings."""
     def classify(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return guide.logits_and_features(decode_latents(sd, latents))
+        return scorer.logits_and_features(decode_latents(sd, latents))
 
     return classify
 

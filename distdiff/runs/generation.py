@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from distdiff.data.datasets import LabeledImages
 from distdiff.method.dafusion import draw_strength
-from distdiff.method.guidance import Guidance, GuideEnergy
+from distdiff.method.guidance import Guidance, GuideEnergy, Scorer
 from distdiff.method.observers import CandidateScore, EnergyRecorder
 from distdiff.method.records import RECORD_KEYS, Record
 from distdiff.pipelines.distdiff_img2img import DistDiffImg2ImgPipeline, DistDiffOutput
@@ -55,15 +55,15 @@ def prompt_rows(guidance: Guidance | None, items: Sequence[WorkItem], variants: 
                          for it in items])
 
 
-def source_probabilities(guide: GuideEnergy, dataset: LabeledImages, indices: Sequence[int]) -> torch.Tensor:
-    """The guide's softmax [B,K] on the whole source images `indices` (GIF-SD's prediction on the original), each
-    preprocessed as the guide sees a decoded image."""
+def source_probabilities(scorer: Scorer, dataset: LabeledImages, indices: Sequence[int]) -> torch.Tensor:
+    """The scorer's softmax [B,K] on the whole source images `indices` (GIF-SD's prediction on the original), each
+    preprocessed as the scorer sees a decoded image."""
     def pixels(index: int) -> torch.Tensor:  # [1,3,H,W] in [-1,1]
         image = TF.to_dtype(TF.to_image(dataset.load_image(index).convert("RGB")), torch.float32, scale=True)
         return image.unsqueeze(0) * 2.0 - 1.0
 
     with torch.no_grad():
-        return torch.cat([guide.logits_and_features(pixels(i))[0] for i in indices]).softmax(dim=-1)
+        return torch.cat([scorer.logits_and_features(pixels(i))[0] for i in indices]).softmax(dim=-1)
 
 
 def image_strengths(items: Sequence[WorkItem], choices: Sequence[float], default: float) -> list[float]:
@@ -112,16 +112,19 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
                   guidance: Guidance | None, guide: GuideEnergy | None, batch_size: int, record_energy: bool = True,
                   progress: bool = True, shard: int = 0, num_shards: int = 1, candidates: int = 1,
                   select: str = "energy", prompt_variants: int = 1,
-                  strength_choices: Sequence[float] = ()) -> Generated:
+                  strength_choices: Sequence[float] = (), classifier: Scorer | None = None) -> Generated:
     """Make every unfinished item not claimed by another run, batch by batch, halving the batch on out-of-memory.
 
     `items` are shard `shard` of `num_shards`' work: its records go to that shard's own manifest file.
     With `candidates` > 1 each image is the best of that many by `select` (distdiff/runs/selection.py).
     `prompts` holds `prompt_variants` rows per class (class_prompt_table); each image draws its own, and its
     strength from `strength_choices` where given (a batch then runs as one pipeline call per strength).
+    A final-latent hook that reads the sources scores with `classifier` (GIF-SD's CLIP) where given, else the guide.
     """
-    if guidance is not None and guidance.uses_sources and guide is None:
-        raise ExpansionError(f"--guidance {guidance.name} scores with the guide; pass --guide_checkpoint.")
+    scorer = classifier if classifier is not None else guide
+    if guidance is not None and guidance.uses_sources and scorer is None:
+        raise ExpansionError(f"--guidance {guidance.name} scores with the guide or a CLIP model; pass "
+                             f"--guide_checkpoint or --gif_clip.")
     if candidates > 1 and guide is None:
         raise ExpansionError(f"--candidates {candidates} scores candidates with the guide; pass --guide_checkpoint.")
     out_dir = Path(out_dir)
@@ -139,7 +142,7 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
             latent_params = cache.get(dataset, [it.source_index for it in group])
             rows = prompt_rows(guidance, group, prompt_variants) if prompt_variants > 1 else None
             sources = torch.tensor([it.source_index for it in group])
-            source_probs = (source_probabilities(guide, dataset, sources.tolist())
+            source_probs = (source_probabilities(scorer, dataset, sources.tolist())
                             if guidance is not None and guidance.uses_sources else None)
 
             def generate(seeds: list[int]):
@@ -147,7 +150,7 @@ def run_expansion(sd: DistDiffImg2ImgPipeline, dataset: LabeledImages, items: Se
                 observers += [CandidateScore(guide, labels, select)] if candidates > 1 else []
                 return sd(latent_params=latent_params, labels=labels, generator=make_generators(seeds),
                           prompt_embeds=prompts, guidance=guidance, guide=guide, observers=observers,
-                          prompt_rows=rows, source_probs=source_probs, groups=sources,
+                          prompt_rows=rows, source_probs=source_probs, groups=sources, classifier=classifier,
                           **asdict(replace(sampling, strength=strength)))
 
             out = generate_best_of(generate, [it.seed for it in group], candidates=candidates, by=select)

@@ -161,6 +161,14 @@ def test_sd_v1_weights_are_its_published_parameters_in_fp16(sd_v1_report):
     assert 2 ** 30 < sd_v1_report.activations < 64 * 2 ** 30
 
 
+def test_dry_run_says_gif_sd_clip_passes_are_counted_as_the_guides(digits_checkpoint):
+    report = dry_run("--guide_checkpoint", str(digits_checkpoint), "--guidance", "gif_sd", "--gif_clip", "some/clip")
+    assert [note for note in report.notes if "--gif_clip" in note] == [
+        "--gif_clip some/clip: GIF-SD's classifier passes are counted as the guide's, not as the CLIP model's"]
+    assert not any("--gif_clip" in note for note in dry_run("--guide_checkpoint", str(digits_checkpoint),
+                                                             "--guidance", "gif_sd").notes)
+
+
 def test_dry_run_goes_on_without_the_guide_and_refuses_an_unreadable_one(tmp_path, caplog, guide_file):
     report = dry_run("--guide_checkpoint", str(tmp_path / "missing.pth.tar"))
     assert "not found" in caplog.text and any("not found" in note for note in report.notes)

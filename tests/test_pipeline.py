@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from distdiff.data.augment import eval_transform
+from distdiff.method.gif import GifGuidance
 from distdiff.method.guidance import Guidance, GuidanceOutput, GuideEnergy
 from distdiff.method.transform import TransformGuidance
 from distdiff.method.observers import EnergyRecorder, StepObserver
@@ -147,6 +148,8 @@ def test_inputs_that_do_not_match_are_refused_in_one_line(pipe, sources, guide):
         pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1]))
     with pytest.raises(ValueError, match="guidance needs a guide"):
         pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]), guidance=TransformGuidance())
+    with pytest.raises(ValueError, match="gif_sd classifies the images: pass a guide or a classifier"):
+        pipe(images, labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]), guidance=GifGuidance())
     with pytest.raises(ValueError, match="one source per label: 1 sources, 2 labels"):
         pipe(images[:1], labels=labels, prompts=PROMPTS, generator=make_generators([1, 2]))
 

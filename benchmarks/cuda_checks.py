@@ -20,6 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the CPU tests' fixtures and helpers
 
+import conftest  # noqa: E402
 import test_precision  # noqa: E402
 
 from distdiff.pipelines.distdiff_img2img import load_stable_diffusion  # noqa: E402
@@ -27,6 +28,7 @@ from distdiff.pipelines.distdiff_img2img import load_stable_diffusion  # noqa: E
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 METHODS, _run = test_precision.METHODS, test_precision._run
 guide = test_precision.guide  # the CPU tests' random guide with prototypes (a pytest fixture)
+tiny_sd_dir, tiny_clip_dir = conftest.tiny_sd_dir, conftest.tiny_clip_dir  # the CPU tests' saved tiny models
 MAX_DIFFERENCE = {"fp16": 0.1, "bf16": 0.12}  # per pixel in [0,1], largest over the batch
 MEAN_DIFFERENCE = 0.02
 
@@ -77,6 +79,22 @@ def test_expand_py_on_the_gpu_in_fp16(tmp_path, guide_file):
     records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert {r["params"]["dtype"] for r in records} == {"float16"}
     assert all(r["D_c_final"] == r["D_c_final"] and r["eps_saturated"] is not None for r in records)  # not NaN
+
+
+def test_gif_sd_scored_by_clip_on_the_gpu_in_fp16(tmp_path, guide_file, tiny_clip_dir):
+    """--gif_clip on the GPU: the CLIP scorer reads decoded images on the GPU and the sources from the CPU."""
+    sys.path.insert(0, str(REPO))
+    import expand
+
+    result = expand.main(expand.parse_args(["-d", "digits", "--guide_checkpoint", str(guide_file), "--precision",
+                                            "fp16", "--max_source_images", "10", "--num_images_per_prompt", "2",
+                                            "--batch_size", "20", "--guidance", "gif_sd", "--gif_clip",
+                                            str(tiny_clip_dir), "--output_dir", str(tmp_path / "out"),
+                                            "--cache_dir", str(tmp_path / "cache"), "--no_report"]))
+    assert result["written"] == 20
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["params"]["gif_clip"] for r in records} == {str(tiny_clip_dir)}
+    assert all(0 <= r["eps_saturated"] <= 1 for r in records)
 
 
 def test_out_of_memory_halves_the_batch_where_the_dry_run_says(tmp_path, guide_file):

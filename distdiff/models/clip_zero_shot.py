@@ -45,7 +45,8 @@ class ClipZeroShot:
 
     def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(100 * f @ text.T [B,K], f [B,D]) for images [B,3,H,W] in [-1,1]; f the L2-normalised image features."""
-        x = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # their torch.clamp((x + 1) / 2, 0, 1)
+        # Sources arrive on the CPU (generation.source_probabilities), decoded images on the pipeline's device.
+        x = ((images.to(self.device).float() + 1.0) / 2.0).clamp(0.0, 1.0)  # their torch.clamp((x + 1) / 2, 0, 1)
         # Their core.imresize to 224: bicubic with antialiasing, as MATLAB's imresize.
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
                           align_corners=False)

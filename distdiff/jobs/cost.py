@@ -22,7 +22,6 @@ from distdiff.jobs.cost_calls import Calls, Work, count_calls, plan
 from distdiff.jobs.cost_meta import (Geometry, GuideSpec, PassFlops, build_meta_models, geometry, guide_spec,
                                      measure_flops, step_memory)
 from distdiff.jobs.expand_config import ExpandJob
-from distdiff.method.gif import GifGuidance
 from distdiff.runs.expansion import WorkItem
 from distdiff.runs.generation import halved_batches, image_strengths
 
@@ -238,8 +237,8 @@ def estimate(job: ExpandJob, train: LabeledImages, items: Sequence[WorkItem], nu
     if job.tokens.learned:
         notes.append(f"--class_tokens learned: textual inversion ({job.tokens.inversion_steps} steps per class, once "
                      f"per output folder) is not counted")
-    if isinstance(job.guidance, GifGuidance) and job.guidance.clip is not None:
-        notes.append(f"--gif_clip {job.guidance.clip}: GIF-SD's classifier passes are counted as the guide's, not as "
+    if job.gif_clip is not None:
+        notes.append(f"--gif_clip {job.gif_clip}: GIF-SD's classifier passes are counted as the guide's, not as "
                      f"the CLIP model's")
     work = plan(job, train, list(dict.fromkeys(it.source_index for it in items)), num_shards, has_guide=has_guide)
     return CostReport(dataset=job.dataset, model=job.model, method=job.guidance.name if job.guidance else "none",

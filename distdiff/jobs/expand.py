@@ -24,7 +24,6 @@ from distdiff.data.registry import load_dataset
 from distdiff.jobs.cost import CostReport, estimate
 from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, add_expand_arguments, resolve
 from distdiff.method.dafusion import class_prompt
-from distdiff.method.gif import GifGuidance
 from distdiff.method.guidance import GuideEnergy
 from distdiff.method.textual_inversion import (TextualInversionConfig, apply_embeddings, images_by_class,
                                                learn_embeddings, load_inversion_models)
@@ -143,9 +142,9 @@ def load_guide(job: ExpandJob, train: LabeledImages, state: PartialState) -> Gui
 
 def load_gif_clip(job: ExpandJob, train: LabeledImages, state: PartialState) -> ClipZeroShot | None:
     """GIF-SD's CLIP zero-shot classifier over the train classes (--gif_clip), or None to score with the guide."""
-    if not isinstance(job.guidance, GifGuidance) or job.guidance.clip is None:
+    clip = job.gif_clip
+    if clip is None:
         return None
-    clip = job.guidance.clip
     try:
         return load_clip_zero_shot(clip, train.classes, device=state.device, local_files_only=job.local_files_only)
     except OSError as err:

@@ -16,7 +16,7 @@ from distdiff.cli import add_threads_argument
 from distdiff.data.registry import dataset_spec
 from distdiff.data.datasets import dataset_slug
 from distdiff.method.direct import RhoSchedule
-from distdiff.method.gif import EPS as GIF_EPS, STEP_SIZE as GIF_STEP_SIZE
+from distdiff.method.gif import EPS as GIF_EPS, STEP_SIZE as GIF_STEP_SIZE, GifGuidance
 from distdiff.method.guidance import EPS, GS, GUIDANCE_PERIOD, GUIDANCE_STEP, LS, RHO, Guidance
 from distdiff.method.methods import GUIDANCE_METHODS
 from distdiff.method.observers import SELECTION_SCORES
@@ -273,6 +273,11 @@ class ExpandJob:
     def guide_weights(self) -> tuple[float, float]:
         """(gs, ls) as the guide's energy applies them."""
         return energy_weights(self.energy.optimize_targets, self.energy.gs, self.energy.ls)
+
+    @property
+    def gif_clip(self) -> str | None:
+        """The CLIP model GIF-SD scores with (--gif_clip), or None (the guide scores, or the method is another)."""
+        return self.guidance.clip if isinstance(self.guidance, GifGuidance) else None
 
     def recipe(self, *, resolution: int, dtype: str) -> Recipe:
         """What every image of OUT is made with (its seed aside), typed: distdiff/runs/recipe.py."""

@@ -131,8 +131,8 @@ class DistDiffImg2ImgPipeline(DiffusionPipeline):
         Class prompts: `prompts` (one text per class, indexed by `labels`) or their `prompt_embeds`;
         `prompt_rows` [B] picks another row per image (a guidance's prompt variants, e.g. GIF-SD's).
         The first step is img2img_start_index(num_inference_steps, strength, start_index) (0 for
-        txt2img). `guidance` (needs `guide`) runs its hooks where its applies_at says; a final-latent
-        hook may read the guide's softmax on each image's source `source_probs` [B,K] and which
+        txt2img). `guidance` (an energy guidance needs `guide`) runs its hooks where its applies_at says;
+        a final-latent hook may read the guide's softmax on each image's source `source_probs` [B,K] and which
         images share a source, `groups` [B], and classifies decoded images with `classifier` (default: the
         guide; e.g. GIF-SD's CLIP zero-shot, whose softmax `source_probs` then holds).
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # The test models are tiny: intra-op threads buy nothing, and on a busy shared CPU spinning
 # worker threads made one tiny-UNet call ~75x slower (1.9 s vs 25 ms) in our measurements.
@@ -14,6 +15,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 from torch import nn
 import pytest
+from safetensors.torch import load_file
 
 from distdiff.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier, save_checkpoint
 from distdiff.method.observers import EnergyRecorder
@@ -23,6 +25,7 @@ from distdiff.pipelines.distdiff_img2img import load_stable_diffusion
 from distdiff.tiny_sd.model import save_tiny_sd
 
 NUM_CLASSES = 10  # the digits
+PINNED_GUIDE = Path(__file__).parent / "pinned" / "guide_smallcnn_seed0.safetensors"
 
 torch.set_num_threads(1)
 FEATURE_DIM = 16
@@ -124,16 +127,29 @@ def judge():
     return PixelJudge(load_dataset("digits", "pool"))
 
 
-@pytest.fixture(scope="session")
-def digits_guide_checkpoint(tmp_path_factory):
-    """An untrained smallcnn guide checkpoint for digits, written the way train_original.py writes one."""
-    torch.manual_seed(0)
-    model = build_classifier("smallcnn", NUM_CLASSES)
-    path = tmp_path_factory.mktemp("guide") / "model_best.pth.tar"
+def save_digits_guide(path: Path, model: nn.Module) -> Path:
+    """Write `model` as a digits guide checkpoint, the way train_original.py writes one."""
     info = {"arch": "smallcnn", "num_classes": NUM_CLASSES, "classes": [str(d) for d in range(NUM_CLASSES)],
             "image_size": 32, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dataset": "digits"}
     save_checkpoint(path, model, info)
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_guide_checkpoint(tmp_path_factory):
+    """An untrained smallcnn guide checkpoint for digits, seeded (torch.manual_seed(0))."""
+    torch.manual_seed(0)
+    return save_digits_guide(tmp_path_factory.mktemp("guide") / "model_best.pth.tar",
+                             build_classifier("smallcnn", NUM_CLASSES))
+
+
+@pytest.fixture(scope="session")
+def pinned_guide_checkpoint(tmp_path_factory):
+    """`digits_guide_checkpoint`'s weights as drawn under AVX512 kernels, stored (tests/pinned/): torch's uniform_
+    draws them differently in the last bit under plain kernels, and the pinned images depend on the guide."""
+    model = build_classifier("smallcnn", NUM_CLASSES)
+    model.load_state_dict(load_file(PINNED_GUIDE))
+    return save_digits_guide(tmp_path_factory.mktemp("pinned_guide") / "model_best.pth.tar", model)
 
 
 @pytest.fixture(scope="session")

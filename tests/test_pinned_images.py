@@ -1,7 +1,9 @@
 """The exact images today's sampling code makes, pinned by SHA-256, so a rewrite can prove it keeps them.
 
 A small digits expansion (the shipped tiny SD checkpoint/tiny-sd-digits, the untrained seeded smallcnn
-guide of conftest.py's `digits_guide_checkpoint`, 10 source images (one per class) x 2 copies = 20
+guide of conftest.py's `digits_guide_checkpoint`, its weights stored in tests/pinned/ as
+`pinned_guide_checkpoint` because torch draws them one bit differently without AVX2), 10 source
+images (one per class) x 2 copies = 20
 images, 8 DDIM steps at strength 0.5 (img2img steps 4..7), guidance at schedule index 8-3 = 5 for 2
 steps) under four settings: transform guidance (the default) at --batch_size 1 and 8, direct guidance
 and no guidance. Each image's seed hashes the run seed with its name, so at a fixed thread count
@@ -41,6 +43,7 @@ sys.path.insert(0, str(REPO))  # run as a script (the forced-kernel subprocess),
 
 import expand  # noqa: E402
 import torch  # noqa: E402
+from distdiff.models.classifiers import build_classifier  # noqa: E402
 from distdiff.runs.manifest import MANIFEST, read_manifest  # noqa: E402
 
 MODEL = REPO / "checkpoint" / "tiny-sd-digits"
@@ -315,6 +318,21 @@ def test_the_rounding_band_catches_a_change_beyond_rounding(tmp_path):
     assert save(jumped.reshape(pixels.shape)) == [f"{image}: 1 of 3072 values off, up to 2 levels"]
 
 
+def test_the_stored_guide_is_the_seeded_one(pinned_guide_checkpoint):
+    # The pins were made with conftest's seeded smallcnn drawn under AVX512 kernels (AVX2 draws the same bits).
+    # Plain kernels draw up to 1.5e-8 apart (measured on 2026-12-04): enough to move a direct-guidance image
+    # beyond ROUNDING_BAND when the sampler runs other kernels than the guide was drawn with, hence the stored copy.
+    torch.manual_seed(0)
+    drawn = build_classifier("smallcnn", 10).state_dict()
+    stored = torch.load(pinned_guide_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert sorted(drawn) == sorted(stored)
+    gap = max((drawn[name].double() - stored[name].double()).abs().max().item() for name in drawn)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX2"):
+        assert gap == 0.0
+    else:
+        assert gap <= 1e-7, f"the seeded guide is {gap} from the stored one: more than float rounding"
+
+
 def test_the_model_is_the_one_the_pins_were_made_with():
     assert model_digest(MODEL) == MODEL_DIGEST, (
         f"{MODEL} changed since the pins were made: every pinned image changes with it. If the new model is "
@@ -322,13 +340,13 @@ def test_the_model_is_the_one_the_pins_were_made_with():
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_expansion_makes_the_pinned_images(tmp_path, digits_guide_checkpoint, setting):
+def test_expansion_makes_the_pinned_images(tmp_path, pinned_guide_checkpoint, setting):
     if model_digest(MODEL) != MODEL_DIGEST:
         pytest.skip("the model changed (see test_the_model_is_the_one_the_pins_were_made_with)")
     # A fresh latent cache per setting: cached source latents are encoded at the batch size of the run
     # that filled the cache, and VAE encodings at batch 1 and batch 8 differ in float rounding, which
     # changes some images; a shared cache would make each setting's images depend on the test order.
-    record, seeds = expand_setting(tmp_path / setting, tmp_path / "cache", digits_guide_checkpoint, setting)
+    record, seeds = expand_setting(tmp_path / setting, tmp_path / "cache", pinned_guide_checkpoint, setting)
     pinned = PINNED[setting]
     repin = (f"Now made (to re-pin a deliberate change, and copy the images to tests/pinned/{setting}/): "
              f"{setting!r}: {json.dumps(record, indent=4)}")
@@ -349,12 +367,12 @@ def test_expansion_makes_the_pinned_images(tmp_path, digits_guide_checkpoint, se
 
 
 @pytest.mark.parametrize("capability", sorted(FORCED_KERNELS))
-def test_pinned_images_under_forced_kernels(tmp_path, digits_guide_checkpoint, capability):
+def test_pinned_images_under_forced_kernels(tmp_path, pinned_guide_checkpoint, capability):
     # A CPU with fewer instructions than the pin's rounds differently: its images must stay within the band.
     if model_digest(MODEL) != MODEL_DIGEST:
         pytest.skip("the model changed (see test_the_model_is_the_one_the_pins_were_made_with)")
     env = {**os.environ, **FORCED_KERNELS[capability], "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, __file__, str(tmp_path), str(digits_guide_checkpoint)], env=env,
+    done = subprocess.run([sys.executable, __file__, str(tmp_path), str(pinned_guide_checkpoint)], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     reported = done.stdout.split()[-1]

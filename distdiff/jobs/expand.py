@@ -22,7 +22,8 @@ from distdiff.data.augment import eval_transform
 from distdiff.data.datasets import DatasetError, LabeledImages, dataset_slug
 from distdiff.data.registry import load_dataset
 from distdiff.jobs.cost import CostReport, estimate
-from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, add_expand_arguments, resolve
+from distdiff.jobs.expand_config import ExpandConfig, ExpandJob, resolve
+from distdiff.jobs.expand_flags import add_expand_arguments
 from distdiff.method.dafusion import class_prompt
 from distdiff.method.guidance import GuideEnergy
 from distdiff.method.textual_inversion import (TextualInversionConfig, apply_embeddings, images_by_class,
@@ -41,7 +42,7 @@ from distdiff.runs.manifest import MANIFEST, summarize_manifest
 from distdiff.runs.recipe import Recipe, recipe_defaults, recipe_params
 from distdiff.utils.files import is_environment_error
 
-# expand.py's entry points: the flags are expand_config's, re-exported so the script imports one module.
+# expand.py's entry points: the config and its flags are re-exported so the script imports one module.
 __all__ = ["ExpandConfig", "add_expand_arguments", "run"]
 
 logger = logging.getLogger(__name__)
